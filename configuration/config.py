@@ -1,0 +1,89 @@
+"""Command-line flags with the paper's names (configuration/config.py of the public code) plus ours."""
+from __future__ import annotations
+
+import argparse
+
+from configuration.presets import preset_for
+
+MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty")
+UNCERT_METRICS = ("vr", "vr_randaug", "vr_cutout", "vr_autoaug")
+TRANSFORMS = ("cutmix", "cutout", "randaug", "autoaug")
+PRESET_KEYS = ("model_name", "n_epoch", "batchsize", "lr", "opt_name", "sched_name", "memory_size",
+               "n_tasks", "n_cls_a_task", "n_init_cls", "topk")
+
+
+class ConfigError(Exception):
+    """Impossible or inconsistent settings."""
+
+
+def base_parser(modes: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Rainbow Memory and baselines for class-incremental learning",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--mode", default="rm", choices=modes, help="CIL method")
+    a("--mem_manage", default="default", choices=MEM_MANAGERS, help="memory manager; default = the method's own")
+    a("--dataset", default="mnist", help="dataset folder name under --data_dir (mnist, fashion_mnist, cifar10, ...)")
+    a("--exp_name", default="blurry10", help="task split: disjoint, blurry10, blurry30 (blurryM for 0<M<100)")
+    a("--stream_env", default="online", choices=["online", "offline"])
+    a("--rnd_seed", type=int, default=1, help="random seed (also selects the split files)")
+    a("--memory_size", type=int, help="episodic memory size (preset per dataset)")
+    a("--n_tasks", type=int, help="number of tasks")
+    a("--n_cls_a_task", type=int, help="classes per task")
+    a("--n_init_cls", type=int, help="initial head size (preset: all classes for blurry, n_cls_a_task for disjoint)")
+    a("--model_name", help="mlp400 (MNIST-sized inputs)")
+    a("--pretrain", action="store_true", help="accepted for compatibility; no pretrained weights are used")
+    a("--opt_name", choices=["sgd", "adam", "radam"])
+    a("--sched_name", choices=["cos", "anneal", "multistep"])
+    a("--lr", type=float)
+    a("--batchsize", type=int)
+    a("--n_epoch", type=int, help="epochs of each training call (online: epochs over the memory)")
+    a("--n_worker", type=int, default=0, help="accepted for compatibility (data is decoded once, no loader workers)")
+    a("--transforms", nargs="*", default=["cutmix", "autoaug"], choices=TRANSFORMS,
+          help="train augmentations; give the flag with no value for none")
+    a("--uncert_metric", default="vr_randaug", choices=UNCERT_METRICS)
+    a("--init_model", action="store_true", help="re-initialise the whole model at every task")
+    a("--init_opt", action="store_true", default=True,
+          help="reset optimizer and scheduler at every task (always on: the head is replaced every task)")
+    a("--topk", type=int, help="top-k accuracy")
+    a("--joint_acc", type=float, default=0.0, help="joint-training accuracy (%%) for I_last")
+    a("--feature_size", type=int, default=2048)
+    a("--distilling", action="store_true")
+    a("--reg_coef", type=float, default=100)
+    a("--debug", action="store_true", help="at most 2560 train and test samples per task")
+    a("--collections_dir", help="read split files in the paper's format from DIR instead of generating them")
+    a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a("--out_dir", default=".", help="root of logs/, results/, tensorboard/ and collections/")
+    a("--run_name", help="name of this run's outputs (default: built from the settings)")
+    a("--no_cache", action="store_true", help="do not read or write the decoded-image cache")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset flags from the dataset preset and check what can be checked without data."""
+    pre = preset_for(args.dataset)
+    for k in PRESET_KEYS:
+        if getattr(args, k) is None:
+            v = pre[k]
+            if k == "n_init_cls" and args.exp_name == "disjoint":
+                v = pre["n_init_cls_disjoint"]
+            setattr(args, k, v)
+    if args.mode == "joint":
+        args.n_tasks = 1 if args.n_tasks is None else args.n_tasks
+    checks = [
+        (args.memory_size < 0, f"--memory_size must be >= 0 (got {args.memory_size})"),
+        (args.n_tasks < 1, f"--n_tasks must be >= 1 (got {args.n_tasks})"),
+        (args.n_cls_a_task < 1, f"--n_cls_a_task must be >= 1 (got {args.n_cls_a_task})"),
+        (args.n_init_cls < 1, f"--n_init_cls must be >= 1 (got {args.n_init_cls})"),
+        (args.batchsize < 2, f"--batchsize must be >= 2 (got {args.batchsize})"),
+        (args.n_epoch < 1, f"--n_epoch must be >= 1 (got {args.n_epoch})"),
+        (not args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
+        (args.topk < 1, f"--topk must be >= 1 (got {args.topk})"),
+    ]
+    for bad, msg in checks:
+        if bad:
+            raise ConfigError(msg)
+    exp = args.exp_name
+    if not (exp == "disjoint" or (exp.startswith("blurry") and exp[6:].isdigit() and 0 < int(exp[6:]) < 100)):
+        raise ConfigError(f"unknown --exp_name '{exp}'; valid: disjoint, blurry10, blurry30 (blurryM, 0<M<100)")
+    return args

@@ -1,0 +1,167 @@
+"""Entry point: parse flags -> build the run (data, method, writer) -> drive the tasks -> write results."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configuration.config import ConfigError, base_parser, resolve
+from methods import build_method, method_names
+from utils import metrics
+from utils.data import STATS, DataError, RunData, dataset_missing_message, load_split, resolve_device
+from utils.runtime import tune_allocator
+from utils.run_io import close_logging, default_run_name, reserve_run, setup_logging, write_json, write_npy
+from utils.splits import SplitError, load_or_make, read_collection, validate_against
+from utils.tasks import build_streams
+
+USER_ERRORS = (ConfigError, DataError, SplitError)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run(cfg):
+    """Everything that can fail because of the user's input, before any output or training."""
+    device = resolve_device(cfg.device)
+    set_seed(cfg.rnd_seed)
+    root = Path(cfg.data_dir) / cfg.dataset
+    if not (root / "train").is_dir():
+        raise DataError(dataset_missing_message(root, cfg.dataset))
+    train = load_split(root, "train", use_cache=not cfg.no_cache)
+    test_split = "test" if (root / "test").is_dir() else "val"
+    test = load_split(root, test_split, use_cache=not cfg.no_cache)
+    if train.classes != test.classes:
+        raise DataError(f"{root}: train and {test_split} class folders differ")
+    n_classes = len(train.classes)
+    if cfg.collections_dir:
+        tr_tasks, te_tasks = read_collection(Path(cfg.collections_dir), cfg.dataset, cfg.exp_name, cfg.rnd_seed,
+                                             cfg.n_cls_a_task, cfg.n_tasks)
+        validate_against(tr_tasks, te_tasks, set(train.files) | set(test.files))
+    else:
+        if cfg.n_tasks * cfg.n_cls_a_task != n_classes:
+            raise ConfigError(f"{n_classes} classes cannot be divided into --n_tasks {cfg.n_tasks} x "
+                              f"--n_cls_a_task {cfg.n_cls_a_task}")
+        tr_tasks, te_tasks = load_or_make(Path(cfg.out_dir) / "collections" / cfg.dataset, cfg.dataset, cfg.exp_name,
+                                          cfg.rnd_seed, cfg.n_cls_a_task, cfg.n_tasks, train.class_files(),
+                                          test.class_files())
+    streams = build_streams(tr_tasks, te_tasks, train, test, n_classes, cfg.debug)
+    n_train = sum(len(t) for t in streams.train)
+    if cfg.memory_size > n_train:
+        raise ConfigError(f"--memory_size {cfg.memory_size} is larger than the {n_train} training samples")
+    if cfg.n_init_cls > n_classes:
+        raise ConfigError(f"--n_init_cls {cfg.n_init_cls} exceeds the {n_classes} classes of {cfg.dataset}")
+    if cfg.mode == "rm" and cfg.batchsize < 2:
+        raise ConfigError("rm needs --batchsize >= 2 (half of each batch comes from memory)")
+    mean, std, _ = STATS.get(cfg.dataset, (None, None, None))
+    if mean is None:
+        x = train.images.float() / 255
+        mean = tuple(x.mean((0, 2, 3)).tolist())
+        std = tuple(x.std((0, 2, 3)).tolist())
+    data = RunData(train.to(device), test.to(device), streams.train_labels.to(device), streams.test_labels.to(device),
+                   tuple(mean), tuple(std), n_classes, streams.task_classes)
+    tasks = [(a.to(device), b.to(device)) for a, b in zip(streams.train, streams.test)]
+    return device, data, tasks
+
+
+def eval_indices(cfg, tasks, t: int) -> torch.Tensor:
+    """blurry: the test sets of all tasks; disjoint: tasks 0..t."""
+    upto = t + 1 if cfg.exp_name == "disjoint" else len(tasks)
+    return torch.cat([tasks[i][1] for i in range(upto)])
+
+
+def drive(cfg, method, tasks, log, writer) -> dict:
+    """Call each hook once per task in a fixed order and collect the per-task records."""
+    rec = defaultdict(list)
+    timers = defaultdict(float)
+    def timed(phase: str, fn, *a):
+        """Run a hook; its time, less the evaluation inside it, goes to ``phase``."""
+        e0, t0 = method.eval_time, time.perf_counter()
+        out = fn(*a)
+        timers[phase] += time.perf_counter() - t0 - (method.eval_time - e0)
+        return out
+
+    for t, (stream, _) in enumerate(tasks):
+        method.before_task(t, stream, eval_indices(cfg, tasks, t))
+        if cfg.stream_env == "online":
+            timed("stream_pass", method.train_stream, t)
+            timed("memory_update", method.update_memory, t)
+            res = timed("memory_epochs", method.train_memory, t)
+        else:
+            res = timed("offline_epochs", method.train_offline, t)
+            timed("memory_update", method.update_memory, t)
+        method.after_task(t)
+        rec["task_acc"].append(res.best_acc)
+        rec["task_acc_final"].append(res.last["avg_acc"])
+        rec["cls_acc"].append(res.last["cls_acc"])
+        rec["epochs"].append(res.epochs)
+        rec["memory_class_counts"].append(method.memory.class_counts(method.data.n_classes))
+        log.info("Task %d done: task_acc (best epoch) %.2f | final model %.2f", t, res.best_acc, res.last["avg_acc"])
+        if writer is not None:
+            writer.add_scalar("Metrics/TaskAcc", res.best_acc, t)
+            writer.add_scalar("Metrics/TaskAccFinal", res.last["avg_acc"], t)
+            for c, a in enumerate(res.last["cls_acc"]):
+                if a is not None:
+                    writer.add_scalar(f"ClassAcc/class_{c}", a, t)
+    rec["phase_time_s"] = dict(timers)
+    rec["phase_time_s"]["evaluation"] = method.eval_time
+    rec["phase_samples"] = dict(method.samples)
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(method_names())
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    tune_allocator()
+    try:
+        cfg = resolve(args)
+        device, data, tasks = prepare_run(cfg)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.out_dir)
+    run_name, log_file = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
+    log = setup_logging(log_file)
+    config = dict(vars(cfg), run_name=run_name, device_resolved=str(device))
+    write_json(out / "logs" / cfg.dataset / f"{run_name}.config.json", config)
+    log.info("Run %s on %s | config %s", run_name, device, json.dumps(config))
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(out / "tensorboard" / cfg.dataset / run_name))
+    try:
+        method = build_method(cfg.mode, cfg, data, device, writer)
+        config["mem_manage_resolved"] = method.mem_manage
+        rec = drive(cfg, method, tasks, log, writer)
+        summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
+                                    cfg.joint_acc)
+        result = {"config": config, **summary, "task_acc": rec["task_acc"], "task_acc_final": rec["task_acc_final"],
+                  "cls_acc": rec["cls_acc"], "task_classes": data.task_classes,
+                  "memory_class_counts": rec["memory_class_counts"], "epochs": rec["epochs"],
+                  "phase_time_s": rec["phase_time_s"], "phase_samples": rec["phase_samples"], "wall_time_s": time.perf_counter() - start,
+                  "device": str(device),
+                  "notes": {"task_acc": "best test accuracy over the epochs of each task's final training call "
+                                        "(public code protocol; model selection on the test set)",
+                            "task_acc_final": "test accuracy of the model at the end of each task",
+                            "units": "percent"}}
+        write_npy(out / "results" / cfg.dataset / f"{run_name}.npy", rec["task_acc"])
+        write_json(out / "results" / cfg.dataset / f"{run_name}.json", result)
+        log.info("A_last %.2f | A_avg %.2f | F_last %.2f | I_last %.2f | A_last_final %.2f | wall %.1f s",
+                 summary["A_last"], summary["A_avg"], summary["F_last"], summary["I_last"],
+                 summary["A_last_final"], result["wall_time_s"])
+        log.info("results: %s", out / "results" / cfg.dataset / f"{run_name}.json")
+    finally:
+        writer.close()
+        close_logging()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Model factory: build a model of the paper by name."""
+from __future__ import annotations
+
+from torch import nn
+
+from models.mlp import MLP
+
+MODELS = ("mlp400",)
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, input_size: int = 28,
+                grey_sgd: bool = False) -> nn.Module:
+    """Return a freshly initialised model; unknown names list the valid ones.
+
+    ``grey_sgd``: the data is 1-channel and the optimizer is SGD, so mlp400 may keep its
+    3-channel input weight folded (exactly equivalent, see MLP._fold_input_weight)."""
+    if name == "mlp400":
+        return MLP(num_classes, in_channels=in_channels, input_size=input_size, width=400, grey_sgd=grey_sgd)
+    raise ValueError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")

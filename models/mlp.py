@@ -1,0 +1,83 @@
+"""The paper's MNIST model: mlp400 ([Linear 400, BN, ReLU] x 2 -> linear head)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FCBlock(nn.Module):
+    """Bias-free linear layer, BatchNorm1d (eps 1e-6) and ReLU, as the public code's FCBlock."""
+
+    def __init__(self, in_features: int, out_features: int, bn_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features, eps=bn_eps)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.lin.weight if weight is None else weight
+        return F.relu(self.bn(F.linear(x, w)))
+
+
+class MLP(nn.Module):
+    """mlp400. The public code feeds MNIST as 3 identical RGB channels (2,352 inputs).
+
+    ``in_channels`` is the channel count the model is *defined* for (3 as in the paper).
+    When a 1-channel image arrives at a 3-channel model, the three weight slices are summed
+    before the product: the result, and every parameter gradient, is exactly what the
+    3-channel model computes on the grey image repeated three times, at a third of the cost.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, input_size: int = 28,
+                 width: int = 400, bn_eps: float = 1e-6, grey_sgd: bool = False) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self.input = FCBlock(in_channels * input_size * input_size, width, bn_eps)
+        self.hidden1 = FCBlock(width, width, bn_eps)
+        self.dim_out = width
+        self.fc: nn.Module = nn.Linear(width, num_classes, bias=False)
+        self.grey_sgd = grey_sgd and in_channels > 1
+        if self.grey_sgd:
+            self._fold_input_weight()
+
+    def _fold_input_weight(self) -> None:
+        """Keep only W_eff = sum of the channel slices of the input weight (grey input, SGD).
+
+        On a grey image repeated over C channels every slice receives the same gradient g,
+        and SGD (momentum, Nesterov, weight decay) is linear, so the sum of the slices follows
+        SGD exactly with gradient C*g. The parameter is W_eff; a hook scales its gradient by C.
+        Forward pass and training trajectory equal the C-channel model's; the optimizer and
+        the first layer touch a C-th of the memory. Only valid for SGD (Adam is not linear).
+        """
+        w = self.input.lin.weight.detach()
+        c = self.in_channels
+        folded = w.view(w.shape[0], c, -1).sum(1).clone()
+        lin = nn.Linear(folded.shape[1], folded.shape[0], bias=False)
+        lin.weight = nn.Parameter(folded)
+        lin.weight.register_hook(lambda g: g * c)
+        self.input.lin = lin
+        self.input.in_features = folded.shape[1]
+
+    def _input_weight(self, x_channels: int) -> torch.Tensor | None:
+        if self.grey_sgd:
+            if x_channels != 1:
+                raise ValueError("a grey-folded mlp400 takes 1-channel input")
+            return None
+        if x_channels == self.in_channels:
+            return None
+        if x_channels == 1:
+            w = self.input.lin.weight
+            return w.view(w.shape[0], self.in_channels, -1).sum(1)
+        raise ValueError(f"mlp400 built for {self.in_channels} channels got {x_channels}")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (after the second block)."""
+        w = self._input_weight(x.shape[1])
+        out = self.input(x.flatten(1), w)
+        return self.hidden1(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))

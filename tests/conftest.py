@@ -1,0 +1,34 @@
+"""Shared fixtures: small real-data subsets prepared once per session (skipped without the data)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MNIST_SRC = SHARED / "datasets" / "mnist"
+FASHION_SRC = Path("/usr/share/datasets/fashion-mnist")
+os.chdir(ROOT)  # main.py's relative defaults
+
+
+def _subset(tmp_path_factory, name: str, src: Path, per_class: int) -> Path:
+    if not (src / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"{name} IDX files not found in {src}")
+    from utils.prepare import prepare
+    data_dir = tmp_path_factory.mktemp(f"{name}_data")
+    prepare(name, source=str(src), data_dir=str(data_dir), per_class=per_class)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory) -> Path:
+    """Fashion-MNIST, first 300 train / 100 test images per class, from the Debian package."""
+    return _subset(tmp_path_factory, "fashion_mnist", FASHION_SRC, 300)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    """MNIST, first 300 train / 100 test images per class, from ../shared."""
+    return _subset(tmp_path_factory, "mnist", MNIST_SRC, 300)

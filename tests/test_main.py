@@ -1,0 +1,139 @@
+"""End-to-end runs of main.py on small real subsets, outputs, and bad input refused before training."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main as rm_main
+
+FAST = ["--n_epoch", "3", "--memory_size", "200"]
+
+
+def run(data_dir: Path, out: Path, *extra: str, dataset: str = "fashion_mnist") -> int:
+    return rm_main.main(["--dataset", dataset, "--data_dir", str(data_dir), "--out_dir", str(out),
+                         "--device", "cpu", *extra])
+
+
+def results(out: Path, dataset: str = "fashion_mnist") -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "results" / dataset).glob("*.json"))]
+
+
+def test_rm_blurry10_online_learns_fashion_mnist(fashion_dir, tmp_path):
+    """RM with the paper's pipeline (uncertainty memory, cutmix + autoaug) on 3,000 real images."""
+    assert run(fashion_dir, tmp_path, "--mode", "rm", *FAST) == 0
+    (res,) = results(tmp_path)
+    # 10 classes: chance is 10%; an MLP on 3,000 Fashion-MNIST images reaches far more
+    assert res["A_last"] > 55, res["task_acc"]
+    assert res["A_last_final"] > 45, res["task_acc_final"]
+    for key in ("config", "task_acc", "task_acc_final", "cls_acc", "A_last", "A_avg", "F_last", "I_last",
+                "A_last_final", "wall_time_s"):
+        assert key in res
+    assert len(res["task_acc"]) == 5 and len(res["cls_acc"]) == 5 and len(res["cls_acc"][0]) == 10
+    assert all(0 <= a <= 100 for a in res["task_acc"])
+    assert res["I_last"] == pytest.approx(0.0 - res["A_last"])
+    assert res["memory_class_counts"][-1] == [20] * 10  # 200 slots, 10 classes, balanced
+    name = res["config"]["run_name"]
+    assert np.allclose(np.load(tmp_path / "results" / "fashion_mnist" / f"{name}.npy"), res["task_acc"])
+    assert (tmp_path / "logs" / "fashion_mnist" / f"{name}.log").read_text().count("A_last") >= 1
+    assert json.loads((tmp_path / "logs" / "fashion_mnist" / f"{name}.config.json").read_text())["mode"] == "rm"
+    events = list((tmp_path / "tensorboard" / "fashion_mnist" / name).glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    # the generated split files are cached in the paper's format
+    coll = sorted((tmp_path / "collections" / "fashion_mnist").glob("*.json"))
+    assert len(coll) == 10 and "fashion_mnist_train_blurry10_rand1_cls2_task0.json" in [p.name for p in coll]
+
+
+def test_finetune_offline_disjoint_and_reruns_never_overwrite(mnist_dir, tmp_path):
+    args = ["--mode", "finetune", "--exp_name", "disjoint", "--stream_env", "offline", "--transforms",
+            "--n_epoch", "2", "--memory_size", "100"]
+    assert run(mnist_dir, tmp_path, *args, dataset="mnist") == 0
+    assert run(mnist_dir, tmp_path, *args, dataset="mnist") == 0
+    a, b = results(tmp_path, "mnist")
+    assert {a["config"]["run_name"], b["config"]["run_name"]} == {
+        "disjoint_finetune_default_offline_msz100_rnd1", "disjoint_finetune_default_offline_msz100_rnd1-2"}
+    # same seed, same device: same numbers
+    assert a["task_acc"] == b["task_acc"] and a["cls_acc"] == b["cls_acc"]
+    # disjoint: task 0 is evaluated on its own two classes only, the head starts at 2 outputs
+    assert sum(v is not None for v in a["cls_acc"][0]) == 2
+    assert a["A_last"] > 40  # 5 tasks of MNIST digits, 100-sample random memory; chance is 10%
+
+
+@pytest.mark.parametrize("manager,metric", [("random", "vr"), ("reservoir", "vr"), ("uncertainty", "vr"),
+                                            ("uncertainty", "vr_cutout"), ("uncertainty", "vr_autoaug")])
+def test_managers_and_uncertainty_metrics_run(mnist_dir, tmp_path, manager, metric):
+    assert run(mnist_dir, tmp_path, "--mode", "rm", "--mem_manage", manager, "--uncert_metric", metric,
+               "--exp_name", "blurry30", "--n_epoch", "1", "--memory_size", "100", "--transforms", "cutout",
+               "randaug", dataset="mnist") == 0
+    (res,) = results(tmp_path, "mnist")
+    assert sum(res["memory_class_counts"][-1]) == 100
+    assert res["A_last"] > 30
+
+
+def _no_results(out: Path) -> bool:
+    return not (out / "results").exists() or not any((out / "results").rglob("*.json"))
+
+
+BAD = [
+    (["--mode", "nope"], "invalid choice"),
+    (["--mem_manage", "lru"], "invalid choice"),
+    (["--transforms", "mixup"], "invalid choice"),
+    (["--exp_name", "blurry200"], "exp_name"),
+    (["--n_tasks", "3"], "cannot be divided"),
+    (["--memory_size", "999999"], "larger than"),
+    (["--batchsize", "1"], "batchsize"),
+    (["--n_init_cls", "50"], "n_init_cls"),
+]
+
+
+def exit_code(*args, **kw) -> int:
+    """main's return code, or argparse's exit status for flags it refuses."""
+    try:
+        return run(*args, **kw)
+    except SystemExit as e:
+        return int(e.code)
+
+
+@pytest.mark.parametrize("extra,msg", BAD)
+def test_bad_settings_exit_2_before_training(mnist_dir, tmp_path, capsys, extra, msg):
+    assert exit_code(mnist_dir, tmp_path, *extra, dataset="mnist") == 2
+    assert msg in capsys.readouterr().err
+    assert _no_results(tmp_path)
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path, capsys):
+    assert run(tmp_path / "nowhere", tmp_path, dataset="mnist") == 2
+    assert "python -m utils.prepare --dataset mnist" in capsys.readouterr().err
+
+
+def test_corrupt_image_is_named(mnist_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(mnist_dir / "mnist", data / "mnist")
+    shutil.rmtree(data / "mnist" / ".cache", ignore_errors=True)
+    bad = sorted((data / "mnist" / "train" / "3").iterdir())[0]
+    bad.write_bytes(b"not a png at all")
+    assert run(data, tmp_path / "out", dataset="mnist") == 2
+    assert bad.name in capsys.readouterr().err
+    assert _no_results(tmp_path / "out")
+
+
+def test_split_files_that_do_not_match_the_dataset(mnist_dir, tmp_path, capsys):
+    coll = Path(__file__).resolve().parents[2] / "shared" / "collections" / "mnist"
+    if not coll.is_dir():
+        pytest.skip("paper split files not available")
+    # the paper's files name all 60,000 MNIST images; this subset has 3,000
+    assert run(mnist_dir, tmp_path, "--collections_dir", str(coll), dataset="mnist") == 2
+    assert "do not match" in capsys.readouterr().err
+    assert _no_results(tmp_path)
+
+
+def test_cuda_without_gpu(mnist_dir, tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = rm_main.main(["--dataset", "mnist", "--data_dir", str(mnist_dir), "--out_dir", str(tmp_path),
+                         "--device", "cuda"])
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""mlp400: shapes, parameter count, and the grey-input fold equals the 3-channel computation."""
+import torch
+
+from models import build_model
+
+
+def test_mlp400_shapes_and_params():
+    m = build_model("mlp400", 10)
+    n = sum(p.numel() for p in m.parameters())
+    # 2352*400 + 2*400 (BN) + 400*400 + 2*400 + 400*10 (bias-free head)
+    assert n == 2352 * 400 + 800 + 160000 + 800 + 4000
+    assert m(torch.randn(5, 3, 28, 28)).shape == (5, 10)
+
+
+def test_grey_fold_matches_rgb_forward_and_gradients():
+    torch.manual_seed(0)
+    m = build_model("mlp400", 10)
+    x = torch.randn(8, 1, 28, 28)
+    y = torch.randint(0, 10, (8,))
+    out1 = m(x)
+    torch.nn.functional.cross_entropy(out1, y).backward()
+    g1 = m.input.lin.weight.grad.clone()
+    m.zero_grad()
+    out3 = m(x.expand(-1, 3, -1, -1).contiguous())
+    torch.nn.functional.cross_entropy(out3, y).backward()
+    g3 = m.input.lin.weight.grad
+    assert torch.allclose(out1, out3, atol=1e-5)
+    assert torch.allclose(g1, g3, atol=1e-6)
+
+
+def test_unknown_model():
+    try:
+        build_model("resnet999", 10)
+    except ValueError as e:
+        assert "mlp400" in str(e)
+    else:
+        raise AssertionError
+
+
+def test_grey_sgd_fold_follows_the_3_channel_model_exactly():
+    """20 SGD steps (momentum, Nesterov, weight decay) on grey images: the folded model and the
+    3-channel model fed the image three times stay equal (float64, so rounding cannot grow)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _fold_run()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _fold_run():
+    torch.manual_seed(0)
+    full = build_model("mlp400", 10)
+    torch.manual_seed(0)
+    fold = build_model("mlp400", 10, grey_sgd=True)
+    w = full.input.lin.weight.detach()
+    assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+            for m in (full, fold)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(16, 1, 28, 28, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        for m, o, inp in ((full, opts[0], x.expand(-1, 3, -1, -1)), (fold, opts[1], x)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(inp), y).backward()
+            o.step()
+    x = torch.randn(32, 1, 28, 28, generator=gen)
+    full.eval(), fold.eval()
+    assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9)
+    w = full.input.lin.weight.detach()
+    assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1), atol=1e-9)

@@ -1,0 +1,68 @@
+"""Continual-learning metrics as pure functions over per-task accuracy records (percentages)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def a_last(task_acc: Sequence[float]) -> float:
+    """Accuracy after the last task."""
+    return float(task_acc[-1])
+
+
+def a_avg(task_acc: Sequence[float]) -> float:
+    """Mean of the accuracies measured after each task."""
+    return float(np.mean(task_acc))
+
+
+def task_accuracy_matrix(cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Sequence[int]]) -> np.ndarray:
+    """M[i, j] = mean accuracy on task j's classes measured after task i (NaN where unmeasured).
+
+    ``cls_acc[i][c]`` is the accuracy on class label c after task i (None/NaN: class not evaluated).
+    """
+    acc = np.array([[np.nan if v is None else v for v in row] for row in cls_acc], dtype=float)
+    out = np.full((acc.shape[0], len(task_classes)), np.nan)
+    for j, cls in enumerate(task_classes):
+        sub = acc[:, list(cls)]
+        with np.errstate(all="ignore"):
+            valid = ~np.isnan(sub)
+            cnt = valid.sum(1)
+            s = np.where(valid, sub, 0.0).sum(1)
+            out[:, j] = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+    return out
+
+
+def f_last(cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Sequence[int]]) -> float:
+    """Mean over old tasks j of (best accuracy on j's classes before the last task - final accuracy on them)."""
+    m = task_accuracy_matrix(cls_acc, task_classes)
+    t = m.shape[0]
+    if t < 2:
+        return 0.0
+    drops = []
+    for j in range(min(t - 1, m.shape[1])):
+        earlier = m[: t - 1, j]
+        if np.all(np.isnan(earlier)) or math.isnan(m[t - 1, j]):
+            continue
+        drops.append(np.nanmax(earlier) - m[t - 1, j])
+    return float(np.mean(drops)) if drops else 0.0
+
+
+def i_last(joint_acc: float, last_acc: float) -> float:
+    """Intransigence: joint (upper-bound) accuracy minus the last accuracy."""
+    return float(joint_acc - last_acc)
+
+
+def summarize(task_acc: Sequence[float], task_acc_final: Sequence[float],
+              cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Sequence[int]],
+              joint_acc: float = 0.0) -> dict[str, float]:
+    """All headline metrics of one run."""
+    return {
+        "A_last": a_last(task_acc),
+        "A_avg": a_avg(task_acc),
+        "F_last": f_last(cls_acc, task_classes),
+        "I_last": i_last(joint_acc, a_last(task_acc)),
+        "A_last_final": a_last(task_acc_final),
+        "A_avg_final": a_avg(task_acc_final),
+    }

@@ -1,0 +1,336 @@
+"""Prepare MNIST / Fashion-MNIST from IDX files into dataset/<name>/{train,test}/<class>/<index>.png."""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("mnist", "fashion_mnist")
+SPLITS = ("train", "test")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Sample counts of the official files. Enforced by default; relax with expected_counts=None
+# (or a custom mapping) for hand-made IDX sets.
+FULL_COUNTS: Mapping[str, int] = {"train": 60000, "test": 10000}
+MAGIC_IMAGES = 0x00000803
+MAGIC_LABELS = 0x00000801
+IMAGE_SHAPE = (28, 28)
+N_CLASSES = 10
+CLASS_NAMES = {
+    "mnist": ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
+              "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+KNOWN_SOURCES = {
+    "mnist": [REPO_ROOT.parent / "shared" / "datasets" / "mnist"],
+    "fashion_mnist": [Path("/usr/share/datasets/fashion-mnist"),
+                      REPO_ROOT.parent / "shared" / "datasets" / "fashion_mnist"],
+}
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+CHUNK = 2000  # images per worker task
+
+
+class PrepareError(Exception):
+    """A preparation problem; the message names the file and says what to do."""
+
+
+# ---------------------------------------------------------------- reading IDX
+
+def _read_bytes(path: Path) -> bytes:
+    """Return the (decompressed) content of an IDX file, `.gz` or plain."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise PrepareError(f"{path}: cannot read ({exc}); the file is damaged or truncated, "
+                           "download it again") from exc
+
+
+def read_idx(path: Path | str) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes (images 0x803 or labels 0x801) into a uint8 array."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise PrepareError(f"{path}: file is truncated ({len(data)} bytes, no IDX header); "
+                           "download it again")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in (MAGIC_IMAGES, MAGIC_LABELS):
+        raise PrepareError(f"{path}: bad magic number 0x{magic:08x} (expected 0x{MAGIC_IMAGES:08x} "
+                           f"for images or 0x{MAGIC_LABELS:08x} for labels); this is not an "
+                           "MNIST-style IDX file of unsigned bytes")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise PrepareError(f"{path}: file is truncated inside the header; download it again")
+    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise PrepareError(f"{path}: file is {what} ({len(data)} bytes, header dims {dims} need "
+                           f"{expected}); download it again")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_path(source: Path, base: str) -> Path:
+    """Locate `base` (plain preferred) or `base.gz` in `source`."""
+    for candidate in (source / base, source / f"{base}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise PrepareError(f"{source / base}[.gz]: file not found; put the four IDX files "
+                       f"({', '.join(b for pair in IDX_FILES.values() for b in pair)}, plain or .gz) "
+                       "in that folder, or omit --source to download them")
+
+
+def _check_images(path: Path, images: np.ndarray) -> None:
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise PrepareError(f"{path}: expected images of shape [N, 28, 28], found {list(images.shape)}; "
+                           "is this the images file?")
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> None:
+    if labels.ndim != 1:
+        raise PrepareError(f"{path}: expected a 1-d labels file, found shape {list(labels.shape)}; "
+                           "is this the labels file?")
+    bad = np.flatnonzero(labels >= N_CLASSES)
+    if bad.size:
+        raise PrepareError(f"{path}: {bad.size} labels outside 0..9 (first at index {bad[0]}: "
+                           f"{labels[bad[0]]}); the file is not an MNIST-style labels file")
+
+
+def read_split(source: Path | str, split: str,
+               expected_count: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate the images [N,28,28] and labels [N] of one split from `source`."""
+    source = Path(source)
+    img_path, lbl_path = (_idx_path(source, base) for base in IDX_FILES[split])
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    _check_images(img_path, images)
+    _check_labels(lbl_path, labels)
+    if len(images) != len(labels):
+        raise PrepareError(f"{img_path}: {len(images)} images but {lbl_path.name} has {len(labels)} "
+                           "labels; the two files do not belong together")
+    if expected_count is not None and len(images) != expected_count:
+        raise PrepareError(f"{img_path}: {len(images)} samples, expected {expected_count} for the "
+                           f"full {split} set; use the complete official files (or relax the "
+                           "count check for a custom set)")
+    return images, labels
+
+
+# ---------------------------------------------------------------- sources
+
+def find_source(dataset: str) -> Optional[Path]:
+    """Return the first known local folder holding the four IDX files of `dataset`, or None."""
+    for folder in KNOWN_SOURCES.get(dataset, []):
+        try:
+            if all(_idx_path(folder, b) for pair in IDX_FILES.values() for b in pair):
+                return folder
+        except PrepareError:
+            continue
+    return None
+
+
+def download(dataset: str, root: Path | str) -> Path:
+    """Download `dataset` with torchvision into `root`; return the folder with its raw IDX files."""
+    try:
+        from torchvision import datasets as tv
+        cls = getattr(tv, TORCHVISION_CLASS[dataset])
+        ds = cls(root=str(root), train=True, download=True)  # fetches all four files
+    except Exception as exc:  # network errors come in many types
+        local = find_source(dataset)
+        hint = f" (a local copy exists: --source {local})" if local else ""
+        raise PrepareError(f"could not download {dataset} with torchvision ({exc}); get the four "
+                           f"IDX files by hand and pass --source DIR{hint}") from exc
+    return Path(ds.raw_folder)
+
+
+# ---------------------------------------------------------------- writing PNGs
+
+def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, np.ndarray]) -> int:
+    """Worker: write one chunk of images as `<split_dir>/<label>/<index>.png`."""
+    split_dir, images, labels, indices = job
+    for img, lbl, idx in zip(images, labels, indices):
+        Image.fromarray(img).save(os.path.join(split_dir, str(int(lbl)), f"{int(idx)}.png"),
+                                  format="PNG")
+    return len(indices)
+
+
+def write_image_folder(images: np.ndarray, labels: np.ndarray, out_dir: Path | str, split: str,
+                       indices: Sequence[int], workers: int = 2) -> int:
+    """Write images[i] (label labels[i]) to out_dir/split/<label>/<indices[i]>.png; return the count."""
+    from tqdm import tqdm
+    split_dir = Path(out_dir) / split
+    for label in np.unique(labels):
+        (split_dir / str(int(label))).mkdir(parents=True, exist_ok=True)
+    indices = np.asarray(indices)
+    jobs = [(str(split_dir), images[s:s + CHUNK], labels[s:s + CHUNK], indices[s:s + CHUNK])
+            for s in range(0, len(indices), CHUNK)]
+    bar = tqdm(total=len(indices), desc=split, unit="img", disable=not sys.stderr.isatty())
+    with bar:
+        if workers <= 1:
+            for job in jobs:
+                bar.update(_write_chunk(job))
+        else:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                for n in pool.imap_unordered(_write_chunk, jobs):
+                    bar.update(n)
+    return len(indices)
+
+
+# ---------------------------------------------------------------- preparing
+
+def select_per_class(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray:
+    """Indices of the first `per_class` samples of each class (all if None), in standard order."""
+    if per_class is None:
+        return np.arange(len(labels))
+    keep = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+def _settings(dataset: str, per_class: Optional[int]) -> dict:
+    return {"dataset": dataset, "per_class": per_class}
+
+
+def _existing_state(target: Path, settings: dict) -> str:
+    """'absent', 'same' (complete, same settings) or 'other' for the target folder."""
+    if not target.exists():
+        return "absent"
+    try:
+        meta = json.loads((target / "prepared.json").read_text())
+    except (OSError, ValueError):
+        return "other"
+    same = all(meta.get(k) == v for k, v in settings.items())
+    return "same" if same else "other"
+
+
+def _build(tmp: Path, dataset: str, source: Path, per_class: Optional[int],
+           expected_counts: Optional[Mapping[str, int]], workers: int) -> dict:
+    """Write the image folder, classes.json and prepared.json (last) into `tmp`."""
+    counts = {}
+    for split in SPLITS:
+        expected = None if expected_counts is None else expected_counts.get(split)
+        images, labels = read_split(source, split, expected)
+        keep = select_per_class(labels, per_class)
+        write_image_folder(images[keep], labels[keep], tmp, split, keep, workers=workers)
+        counts[split] = _class_counts(labels[keep])
+    names = {str(i): n for i, n in enumerate(CLASS_NAMES[dataset])}
+    (tmp / "classes.json").write_text(json.dumps(names, indent=1) + "\n")
+    meta = {**_settings(dataset, per_class), "source": str(source), "counts": counts,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (tmp / "prepared.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return counts
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename tmp to target; an existing target is renamed away first and deleted after."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolve_source(dataset: str, source: Optional[Path | str], download_root: Path) -> Path:
+    if source is not None:
+        if not Path(source).is_dir():
+            raise PrepareError(f"{source}: source folder not found; pass the folder holding the "
+                               "four IDX files")
+        return Path(source)
+    return download(dataset, download_root)
+
+
+def prepare(dataset: str, source: Optional[Path | str] = None, data_dir: Path | str = "dataset",
+            per_class: Optional[int] = None, force: bool = False,
+            expected_counts: Optional[Mapping[str, int]] = FULL_COUNTS,
+            workers: int = 2) -> Path:
+    """Prepare `dataset` into data_dir/<dataset>; return that folder.
+
+    expected_counts: sample counts per split the source files must hold (default: the official
+    60000/10000, checked on the full files before any --per_class selection); None skips it.
+    """
+    if dataset not in DATASETS:
+        raise PrepareError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if per_class is not None and per_class < 1:
+        raise PrepareError(f"--per_class must be at least 1, got {per_class}")
+    data_dir = Path(data_dir)
+    target = data_dir / dataset
+    state = _existing_state(target, _settings(dataset, per_class))
+    if state == "same" and not force:
+        print(f"{target}: already prepared")
+        return target
+    if state == "other" and not force:
+        raise PrepareError(f"{target}: exists but was not prepared with these settings (partial, or "
+                           f"another --per_class); pass --force to replace it or delete it")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{dataset}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prepare-dl-") as dl_root:
+            src = _resolve_source(dataset, source, Path(dl_root))
+            start = time.perf_counter()
+            counts = _build(tmp, dataset, src, per_class, expected_counts, workers)
+            _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n = sum(sum(c.values()) for c in counts.values())
+    print(f"{target}: wrote {n} PNGs in {time.perf_counter() - start:.1f} s "
+          f"(train {sum(counts['train'].values())}, test {sum(counts['test'].values())})")
+    return target
+
+
+# ---------------------------------------------------------------- CLI
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line of `python -m utils.prepare`."""
+    p = argparse.ArgumentParser(prog="python -m utils.prepare", description=__doc__)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--source", default=None,
+                   help="folder with the four IDX files (plain or .gz); default: download")
+    p.add_argument("--data_dir", default="dataset")
+    p.add_argument("--per_class", type=int, default=None,
+                   help="keep only the first N samples of each class (quick trials)")
+    p.add_argument("--force", action="store_true", help="replace an existing, different folder")
+    p.add_argument("--no_count_check", action="store_true",
+                   help="do not require the official 60000/10000 samples (custom IDX sets)")
+    p.add_argument("--workers", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; return the exit code (2 on a PrepareError)."""
+    args = parse_args(argv)
+    try:
+        prepare(args.dataset, args.source, args.data_dir, args.per_class, args.force,
+                expected_counts=None if args.no_count_check else FULL_COUNTS,
+                workers=args.workers)
+    except PrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

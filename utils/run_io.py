@@ -1,0 +1,91 @@
+"""Per-run outputs: a unique run name, the log file, the saved config and atomic result files."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def default_run_name(cfg) -> str:
+    """The public code's name plus the split, so blurry and disjoint runs do not collide."""
+    tr = "".join(f"_{t}" for t in cfg.transforms)
+    return f"{cfg.exp_name}_{cfg.mode}_{cfg.mem_manage}_{cfg.stream_env}_msz{cfg.memory_size}_rnd{cfg.rnd_seed}{tr}"
+
+
+def reserve_run(out_dir: Path, dataset: str, base: str) -> tuple[str, Path]:
+    """Claim a run name no other run uses (suffix -2, -3, ... when taken), by creating its
+    log file exclusively; nothing of another run is ever overwritten."""
+    log_dir = out_dir / "logs" / dataset
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10000):
+        name = base if n == 1 else f"{base}-{n}"
+        taken = ((out_dir / "results" / dataset / f"{name}.json").exists()
+                 or (out_dir / "tensorboard" / dataset / name).exists())
+        if taken:
+            continue
+        try:
+            fd = os.open(log_dir / f"{name}.log", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name, log_dir / f"{name}.log"
+    raise RuntimeError(f"no free run name for {base}")
+
+
+def setup_logging(log_file: Path | None) -> logging.Logger:
+    """Log to the run's file and to stderr (the 'rm' logger)."""
+    logger = logging.getLogger("rm")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S")
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(sh)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def close_logging() -> None:
+    logger = logging.getLogger("rm")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
+
+
+def write_npy(path: Path, arr) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, np.asarray(arr))
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
