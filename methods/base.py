@@ -3,6 +3,7 @@ after_task, evaluate) and the shared epoch loop with the public code's LR warm s
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from methods.memory import MemoryManager, build_manager
 from models import build_model
@@ -190,6 +192,7 @@ class Method:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_seen = 0
         imgs, labels = self.data.train.images, self.data.train_labels
+        bar = tqdm(total=len(batches), desc="train", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
         i = 0
         while i < len(batches):
             j, n = i, 0
@@ -207,7 +210,9 @@ class Method:
                 correct += (logits.detach().argmax(1) == y).sum()
                 n_seen += s
                 o += s
+            bar.update(j - i)
             i = j
+        bar.close()
         return total_loss.item() / len(batches), 100.0 * correct.item() / max(n_seen, 1)
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
