@@ -5,7 +5,7 @@ import argparse
 
 from configuration.presets import preset_for
 
-MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty")
+MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty", "prototype", "class_balanced")
 UNCERT_METRICS = ("vr", "vr_randaug", "vr_cutout", "vr_autoaug")
 TRANSFORMS = ("cutmix", "cutout", "randaug", "autoaug")
 PRESET_KEYS = ("model_name", "n_epoch", "batchsize", "lr", "opt_name", "sched_name", "memory_size",
@@ -14,6 +14,16 @@ PRESET_KEYS = ("model_name", "n_epoch", "batchsize", "lr", "opt_name", "sched_na
 
 class ConfigError(Exception):
     """Impossible or inconsistent settings."""
+
+
+def joint_acc_value(text: str) -> float | str:
+    """A percentage, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got '{text}'") from None
 
 
 def base_parser(modes: list[str]) -> argparse.ArgumentParser:
@@ -45,10 +55,11 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--init_opt", action="store_true", default=True,
           help="reset optimizer and scheduler at every task (always on: the head is replaced every task)")
     a("--topk", type=int, help="top-k accuracy")
-    a("--joint_acc", type=float, default=0.0, help="joint-training accuracy (%%) for I_last")
-    a("--feature_size", type=int, default=2048)
-    a("--distilling", action="store_true")
-    a("--reg_coef", type=float, default=100)
+    a("--joint_acc", type=joint_acc_value, default=0.0,
+          help="joint-training accuracy (%%) for I_last, or 'auto': read it from the matching joint run in results/")
+    a("--feature_size", type=int, default=2048, help="iCaRL / prototype feature size")
+    a("--distilling", action="store_true", help="BiC: use the distillation loss")
+    a("--reg_coef", type=float, default=100, help="EWC/RWalk regularisation weight")
     a("--debug", action="store_true", help="at most 2560 train and test samples per task")
     a("--collections_dir", help="read split files in the paper's format from DIR instead of generating them")
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")

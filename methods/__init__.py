@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
 
 REGISTRY: dict[str, type] = {}
-_MODULES = ("finetune", "rm")
+_NOT_METHODS = {"base", "memory"}
 
 
 def register(name: str):
@@ -17,8 +19,10 @@ def register(name: str):
 
 
 def _load_all() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"methods.{m}")
+    """Import every module of this package (each registers its methods)."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
 
 
 def method_names() -> list[str]:

@@ -171,7 +171,11 @@ class Method:
             self.log_epoch(task_id, phase, rec)
             res.best_acc = max(res.best_acc, ev["avg_acc"])
             res.last = ev
+        self.after_fit(task_id, phase)
         return res
+
+    def after_fit(self, task_id: int, phase: str) -> None:
+        """Hook run after every training call (EWC/RWalk compute their importance here)."""
 
     def log_epoch(self, task_id: int, phase: str, rec: dict) -> None:
         logger.info("Task %d | %s | Epoch %d | train_loss %.4f | train_acc %.2f | test_loss %.4f | test_acc %.2f | lr %.5f",
@@ -258,7 +262,7 @@ class Method:
         for s in range(0, len(test_idx), EVAL_BATCH):
             idx = test_idx[s:s + EVAL_BATCH]
             y = labels[idx]
-            logits = self.predict_logits(imgs[idx])
+            logits = self.eval_scores(imgs[idx])
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             topk = logits.topk(k, 1).indices
             correct += (topk == y[:, None]).any(1).sum()
@@ -273,6 +277,11 @@ class Method:
 
     def predict_labels(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1)
+
+    @torch.no_grad()
+    def eval_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores used for test accuracy (iCaRL: nearest mean of exemplars)."""
+        return self.predict_logits(x)
 
     # ----------------------------------------------------------------- uncertainty
     @torch.no_grad()

@@ -21,6 +21,22 @@ class FCBlock(nn.Module):
         return F.relu(self.bn(F.linear(x, w)))
 
 
+class FinalBlock(nn.Module):
+    """The public code's initial head: bias-free linear layer followed by BatchNorm1d (no ReLU).
+    Methods that replace the head each task (rm, finetune, ewc, ...) never train it; gdumb and
+    joint, which rebuild the model, do."""
+
+    def __init__(self, in_features: int, out_features: int, bn_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features, eps=bn_eps)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.lin(x))
+
+
 class MLP(nn.Module):
     """mlp400. The public code feeds MNIST as 3 identical RGB channels (2,352 inputs).
 
@@ -38,7 +54,7 @@ class MLP(nn.Module):
         self.input = FCBlock(in_channels * input_size * input_size, width, bn_eps)
         self.hidden1 = FCBlock(width, width, bn_eps)
         self.dim_out = width
-        self.fc: nn.Module = nn.Linear(width, num_classes, bias=False)
+        self.fc: nn.Module = FinalBlock(width, num_classes, bn_eps)
         self.grey_sgd = grey_sgd and in_channels > 1
         if self.grey_sgd:
             self._fold_input_weight()

@@ -7,8 +7,8 @@ from models import build_model
 def test_mlp400_shapes_and_params():
     m = build_model("mlp400", 10)
     n = sum(p.numel() for p in m.parameters())
-    # 2352*400 + 2*400 (BN) + 400*400 + 2*400 + 400*10 (bias-free head)
-    assert n == 2352 * 400 + 800 + 160000 + 800 + 4000
+    # 2352*400 + 2*400 (BN) + 400*400 + 2*400 + 400*10 (bias-free head) + 2*10 (head BN)
+    assert n == 2352 * 400 + 800 + 160000 + 800 + 4000 + 20
     assert m(torch.randn(5, 3, 28, 28)).shape == (5, 10)
 
 
