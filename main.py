@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from configuration.config import ConfigError, base_parser, resolve
-from methods import build_method, method_names
+from methods import build_method, get_method_class, method_names
 from utils import metrics
 from utils.data import STATS, DataError, RunData, dataset_missing_message, load_split, resolve_device
 from utils.runtime import tune_allocator
@@ -69,7 +69,33 @@ def prepare_run(cfg):
     data = RunData(train.to(device), test.to(device), streams.train_labels.to(device), streams.test_labels.to(device),
                    tuple(mean), tuple(std), n_classes, streams.task_classes)
     tasks = [(a.to(device), b.to(device)) for a, b in zip(streams.train, streams.test)]
+    if getattr(get_method_class(cfg.mode), "single_task", False):
+        tasks = [(torch.cat([a for a, _ in tasks]), torch.cat([b for _, b in tasks]))]
+    if cfg.joint_acc == "auto":
+        cfg.joint_acc, cfg.joint_acc_source = find_joint_acc(cfg)
     return device, data, tasks
+
+
+def find_joint_acc(cfg) -> tuple[float, str]:
+    """A_last of the newest finished joint run on the same dataset, seed and model
+    (preferring the same split and transforms)."""
+    folder = Path(cfg.out_dir) / "results" / cfg.dataset
+    found = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            r = json.loads(p.read_text())
+            c = r["config"]
+            if c["mode"] != "joint" or c["rnd_seed"] != cfg.rnd_seed or c["model_name"] != cfg.model_name:
+                continue
+            rank = (c.get("exp_name") == cfg.exp_name, c.get("transforms") == list(cfg.transforms), p.stat().st_mtime)
+            found.append((rank, float(r["A_last"]), str(p)))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not found:
+        raise ConfigError(f"--joint_acc auto: no joint result for {cfg.dataset} seed {cfg.rnd_seed} "
+                          f"({cfg.model_name}) in {folder}; run main.py --mode joint first or give a number")
+    _, acc, path = max(found)
+    return acc, path
 
 
 def eval_indices(cfg, tasks, t: int) -> torch.Tensor:

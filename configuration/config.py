@@ -79,8 +79,6 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             if k == "n_init_cls" and args.exp_name == "disjoint":
                 v = pre["n_init_cls_disjoint"]
             setattr(args, k, v)
-    if args.mode == "joint":
-        args.n_tasks = 1 if args.n_tasks is None else args.n_tasks
     checks = [
         (args.memory_size < 0, f"--memory_size must be >= 0 (got {args.memory_size})"),
         (args.n_tasks < 1, f"--n_tasks must be >= 1 (got {args.n_tasks})"),
