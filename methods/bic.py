@@ -1,0 +1,199 @@
+"""BiC (Wu et al., CVPR 2019): CE + distillation, a held-out 10% of memory, one bias layer per task."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods import register
+from methods.base import EVAL_BATCH, FitResult, Method
+from methods.distill import kd_loss
+from methods.memory import MANAGERS, build_manager
+
+logger = logging.getLogger("rm")
+
+T_DISTILL = 2.0  # public code: T = 2, no T^2 factor
+VALID_FRACTION = 0.1  # public code: valid_size = round(0.1 * memory_size), memory gets the rest
+BIAS_BATCH = 100  # public code: bias loader batch size
+BIAS_LR = 1e-3  # public code: Adam lr of stage 2
+
+
+def per_class_take(cand: torch.Tensor, labels: torch.Tensor, per: int) -> torch.Tensor:
+    """The first ``per`` candidates of every class, in candidate order (vectorised)."""
+    if per <= 0 or len(cand) == 0:
+        return cand[:0]
+    y = labels[cand]
+    order = torch.argsort(y, stable=True)
+    ys = y[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=cand.device) - torch.searchsorted(ys, ys)
+    return cand[rank < per]
+
+
+def apply_bias(logits: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Per-class affine correction q_c = alpha_c * o_c + beta_c (alpha/beta indexed by class)."""
+    n = logits.shape[1]
+    return logits * alpha[:n] + beta[:n]
+
+
+def bias_layer_step(p: torch.Tensor, opt: torch.optim.Optimizer, raw: torch.Tensor, y: torch.Tensor,
+                    mask: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """One stage-2 step: CE of the corrected logits; only p = (alpha, beta) of the masked classes learns."""
+    a = torch.where(mask, p[0], alpha)
+    b = torch.where(mask, p[1], beta)
+    loss = F.cross_entropy(apply_bias(raw, a, b), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+@register("bic")
+class BiC(Method):
+    """Stage 1: fine-tuning on stream + memory with (optional) distillation from the model of the
+    previous task; stage 2 (t > 0): the bias layer of task t (alpha, beta on the classes first
+    exposed in task t) trained on the held-out set. Earlier layers stay frozen and all are applied."""
+
+    def __init__(self, cfg, data, device: torch.device, writer=None) -> None:
+        has_proto = "prototype" in MANAGERS  # checked when built: every method module is imported by then
+        self.default_memory = "prototype" if has_proto else "random"
+        super().__init__(cfg, data, device, writer)
+        if not has_proto and cfg.mem_manage in (None, "default"):
+            logger.warning("bic: the 'prototype' memory manager is not available; default memory falls back to 'random'")
+        if self.cutmix:
+            logger.info("bic: cutmix is ignored (the public BiC trainer has none)")
+        self._aug = self.train_aug
+        self._old_chunk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.valid_size = round(cfg.memory_size * VALID_FRACTION)
+        self.memory = build_manager(self.mem_manage, cfg.memory_size - self.valid_size, data.train_labels)
+        self.heldout = torch.empty(0, dtype=torch.long, device=device)
+        self.first_task = torch.zeros(data.n_classes, dtype=torch.long, device=device)  # layer index per class
+        self.layers: list[torch.Tensor] = [torch.tensor([1.0, 0.0], device=device)]  # task 0: identity, never trained
+        self.old_model: nn.Module | None = None
+        self.new_classes: list[int] = []
+        self.lam = 0.0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        ab = torch.stack(self.layers)[self.first_task]
+        self.alpha, self.beta = ab[:, 0].contiguous(), ab[:, 1].contiguous()
+        self.identity = all(t.tolist() == [1.0, 0.0] for t in self.layers)  # once per task: skip a no-op
+
+    def correct(self, logits: torch.Tensor) -> torch.Tensor:
+        """All bias layers, each on the classes first exposed in its task."""
+        return logits if self.identity else apply_bias(logits, self.alpha, self.beta)
+
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
+        learned = set(self.exposed)
+        self.old_model = None
+        if task_id > 0 and self.cfg.distilling:  # frozen copy of the previous task's model (before the new head)
+            self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._old_chunk = None
+        self.train_aug = self._aug if self.old_model is None else self._aug_with_old_logits
+        super().before_task(task_id, stream, test_idx)
+        self.new_classes = sorted(self.exposed - learned)
+        self.lam = len(learned) / max(len(self.exposed), 1)  # public: len(learned) / len(exposed)
+        while len(self.layers) <= task_id:
+            self.layers.append(torch.tensor([1.0, 0.0], device=self.device))
+        if task_id > 0 and self.new_classes:
+            self.first_task[torch.tensor(self.new_classes, device=self.device)] = task_id
+        self._refresh()
+        # held-out set: valid_size // |exposed| per class, kept old samples first, then this task's stream;
+        # removed from the stream, so it is never trained on and never enters the memory
+        per = self.valid_size // max(len(self.exposed), 1)
+        old = self.heldout[torch.randperm(len(self.heldout), device=self.device)]
+        self.heldout = per_class_take(torch.cat([old, self.stream]), self.data.train_labels, per)
+        self.stream = self.stream[~torch.isin(self.stream, self.heldout)]
+        if task_id == 0:
+            what = f"classes {self.new_classes} (first task: no bias layer)"
+        elif self.new_classes:
+            what = f"classes first exposed now {self.new_classes} -> bias layer {task_id}"
+        else:
+            what = f"no class first exposed now: bias layer {task_id} stays identity, stage 2 skipped"
+        logger.info("BiC task %d: %s; lambda %.3f; held-out %d (%d per class), memory budget %d", task_id, what,
+                    self.lam, len(self.heldout), per, self.memory.size)
+
+    def _aug_with_old_logits(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The training augmentation, plus the frozen old model's scores for the whole chunk in a few
+        large passes (eval mode: per sample, so equal to per-batch passes) instead of one per step."""
+        x = self._aug(imgs)
+        with torch.no_grad():
+            old = torch.cat([self.correct(self.old_model(x[s:s + EVAL_BATCH])) for s in range(0, len(x), EVAL_BATCH)])
+        self._old_chunk = (x, old)
+        return x
+
+    def _old_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The old model's scores of x: sliced from the chunk when x is a view of it, else computed."""
+        if self._old_chunk is not None:
+            xa, old = self._old_chunk
+            if x.untyped_storage().data_ptr() == xa.untyped_storage().data_ptr() \
+                    and x.is_contiguous() and xa.is_contiguous():
+                r = (x.storage_offset() - xa.storage_offset()) // max(x[0].numel(), 1)
+                return old[r:r + len(x)]
+        with torch.no_grad():
+            return self.correct(self.old_model(x))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+        """(1 - lam) * CE + lam * KD on bias-corrected logits with --distilling (public code), else CE."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.correct(self.model(x))
+        loss = F.cross_entropy(logits, y)
+        if self.old_model is not None:
+            loss = self.lam * kd_loss(self._old_scores(x), logits, T_DISTILL) + (1.0 - self.lam) * loss
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits, y
+
+    @torch.no_grad()
+    def eval_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.correct(self.predict_logits(x))
+
+    def train_memory(self, task_id: int) -> FitResult:
+        return self._stage2(task_id, super().train_memory(task_id))
+
+    def train_offline(self, task_id: int) -> FitResult:
+        return self._stage2(task_id, super().train_offline(task_id))
+
+    def _stage2(self, task_id: int, res: FitResult) -> FitResult:
+        """Bias correction after the task's last training call; the task accuracy is the accuracy
+        after it (the public BiC records this final accuracy, not the best epoch)."""
+        if not self.train_bias_layer(task_id):
+            return FitResult(best_acc=res.last["avg_acc"], last=res.last, epochs=res.epochs)
+        t0 = time.perf_counter()
+        ev = self.evaluate(self.test_idx)
+        self._count("evaluation", len(self.test_idx))
+        self.eval_time += time.perf_counter() - t0
+        return FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+
+    def train_bias_layer(self, task_id: int) -> bool:
+        """Adam (lr 1e-3), n_epoch epochs, batches of 100 of the augmented held-out set, model frozen."""
+        if task_id == 0 or not self.new_classes or len(self.heldout) == 0:
+            return False
+        p = self.layers[task_id].clone().requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=BIAS_LR)
+        mask = self.first_task == task_id
+        self.model.eval()
+        imgs, labels = self.data.train.images, self.data.train_labels
+        loss_sum = torch.zeros((), device=self.device)
+        n_steps = self.cfg.n_epoch * -(-len(self.heldout) // BIAS_BATCH)
+        for _ in range(self.cfg.n_epoch):
+            perm = self.heldout[torch.randperm(len(self.heldout), device=self.device)]
+            for s in range(0, len(perm), BIAS_BATCH):
+                idx = perm[s:s + BIAS_BATCH]
+                with torch.no_grad():
+                    raw = self.model(self._aug(imgs[idx]))
+                loss_sum += bias_layer_step(p, opt, raw, labels[idx], mask, self.alpha, self.beta)
+            self._count("bias_correction", len(perm))
+        self.layers[task_id] = p.detach()
+        self._refresh()
+        alpha, beta = self.layers[task_id].tolist()
+        logger.info("BiC stage 2, task %d: alpha %.4f beta %.4f (mean loss %.4f); layers %s", task_id, alpha, beta,
+                    loss_sum.item() / n_steps, [[round(v, 4) for v in t.tolist()] for t in self.layers])
+        if self.writer is not None:
+            self.writer.add_scalar("BiC/alpha", alpha, task_id)
+            self.writer.add_scalar("BiC/beta", beta, task_id)
+        return True
