@@ -60,6 +60,8 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--feature_size", type=int, default=2048, help="iCaRL / prototype feature size")
     a("--distilling", action="store_true", help="BiC: use the distillation loss")
     a("--reg_coef", type=float, default=100, help="EWC/RWalk regularisation weight")
+    a("--rwalk_score", default="public", choices=["public", "paper"],
+          help="RWalk path-integral score: 'public' reproduces the public code (always 0), 'paper' computes it")
     a("--debug", action="store_true", help="at most 2560 train and test samples per task")
     a("--collections_dir", help="read split files in the paper's format from DIR instead of generating them")
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")

@@ -1,0 +1,154 @@
+"""Shared pieces of EWC and RWalk: the quadratic penalty, the batched Fisher pass, the regularised Method."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from methods.base import Method, shuffled_batches
+
+FISHER_CHUNK = 512  # samples per vmapped Fisher chunk (per-batch gradients of the chunk live at once)
+
+
+def reg_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Regularised parameters by name: all but the last two tensors (the head's weight and bias)."""
+    return {n: p for n, p in list(model.named_parameters())[:-2] if p.requires_grad}
+
+
+class _Quadratic(torch.autograd.Function):
+    """sum_i A_i (p_i - m_i)^2 + const, with the gradient 2 A (p - m) from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, imp, mean, const, *params):
+        diff = torch._foreach_sub(params, mean)
+        a_diff = torch._foreach_mul(diff, imp)
+        ctx.save_for_backward(*a_diff)
+        return const + sum(torch.dot(a.flatten(), d.flatten()) for a, d in zip(a_diff, diff))
+
+    @staticmethod
+    def backward(ctx, g):
+        return (None, None, None, *torch._foreach_mul(ctx.saved_tensors, 2 * g))
+
+
+class QuadraticPenalty:
+    """sum over slots s of sum_i F_s,i (theta_i - theta*_s,i)^2, parameters matched by name.
+
+    The slots are kept (``slots``) and merged into one quadratic (A = sum F_s, m = sum F_s theta*_s / A,
+    const = sum F_s theta*_s^2 - A m^2) so a step costs the same for any number of slots."""
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self._merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._const = torch.zeros(())
+
+    def add(self, importance: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], replace: bool) -> None:
+        """Store (importance, anchor); ``replace`` keeps a single slot (online runs)."""
+        if replace:
+            self.slots = []
+        self.slots.append(({n: t.detach().clone() for n, t in importance.items()},
+                           {n: t.detach().clone() for n, t in anchor.items()}))
+        self._merged, const = {}, 0.0
+        for n, imp0 in self.slots[-1][0].items():
+            pairs = [(s[0][n].double(), s[1][n].double()) for s in self.slots if n in s[0]]
+            imp = sum(f for f, _ in pairs)
+            mean = torch.where(imp > 0, sum(f * t for f, t in pairs) / imp.clamp_min(1e-300), 0.0)
+            const = const + sum((f * t ** 2).sum() for f, t in pairs) - (imp * mean ** 2).sum()
+            self._merged[n] = (imp.to(imp0.dtype), mean.to(imp0.dtype))
+            self._const = const.to(imp0)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __call__(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The penalty at ``params`` (names absent from the slots are not penalised); None if empty."""
+        names = [n for n in params if n in self._merged]
+        if not names:
+            return None
+        return _Quadratic.apply([self._merged[n][0] for n in names], [self._merged[n][1] for n in names],
+                                self._const, *[params[n] for n in names])
+
+
+def batch_grads(model: nn.Module, names: list[str], xs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gradients of the mean cross-entropy at the model's own predicted labels, one per mini-batch
+    of xs [K, B, ...] ([K, *param.shape] per name); the model as it is (eval mode: BN running stats)."""
+    fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
+    buffers = dict(model.named_buffers())
+
+    def loss(sub: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, ({**fixed, **sub}, buffers), (x,))
+        return F.cross_entropy(logits, logits.argmax(1).detach())
+
+    sub = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    return vmap(grad(loss), in_dims=(None, 0))(sub, xs)
+
+
+def fisher_diagonal(model: nn.Module, names: list[str], chunks: Iterable[torch.Tensor], n_data: int,
+                    offset: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """EWC's diagonal Fisher: sum over mini-batches b of (g_b + offset)^2 * |b| / n_data.
+
+    chunks: tensors [K, B, ...] of equal-size augmented mini-batches (the public code's train loader
+    drops the last partial batch, yet divides by the full data size); offset: the gradient of the
+    current penalty, which the public code adds to every mini-batch loss."""
+    params = dict(model.named_parameters())
+    fisher = {n: torch.zeros_like(params[n]) for n in names}
+    for xs in chunks:
+        g = batch_grads(model, names, xs)
+        for n in names:  # in place on the fresh per-batch gradients: no extra [K, ...] buffers
+            gn = g[n] if offset is None else g[n].add_(offset[n])
+            fisher[n].add_(gn.square_().sum(0), alpha=xs.shape[1] / n_data)
+    return fisher
+
+
+class RegularizedMethod(Method):
+    """Fine-tuning (stream + memory) plus reg_coef * penalty; importance and anchors are stored after
+    every training call: online runs replace one slot, offline runs add one per call (= per task)."""
+
+    default_memory = "reservoir"
+    allow_grey_fold = False  # the penalty looks at each channel slice of the input weight
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reg_coef = float(self.cfg.reg_coef)
+        self.online_reg = self.cfg.stream_env == "online"
+        self.penalty = QuadraticPenalty()
+        self.n_calls = 0  # the public code's task_count: training calls so far
+
+    def penalty_loss(self) -> torch.Tensor | None:
+        pen = self.penalty(reg_params(self.model))
+        return None if pen is None else self.reg_coef * pen
+
+    def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        return self.penalty_loss()
+
+    def call_pool(self, phase: str) -> torch.Tensor:
+        """The samples of the training call that just ended (its train loader's data set)."""
+        return self.memory.indices if phase == "memory" else torch.cat([self.stream, self.memory.indices])
+
+    def importance(self, task_id: int, phase: str) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_fit(self, task_id: int, phase: str) -> None:
+        anchor = {n: p.detach().clone() for n, p in reg_params(self.model).items()}
+        imp = self.importance(task_id, phase)
+        self.penalty.add(imp, anchor, replace=self.online_reg and len(self.penalty) > 0)
+        self.n_calls += 1
+
+    def fisher(self, phase: str) -> dict[str, torch.Tensor]:
+        """Fisher over the call's data: training augmentation, shuffled batches, last partial dropped."""
+        pool, bsz = self.call_pool(phase), self.cfg.batchsize
+        params = reg_params(self.model)
+        names = list(params)
+        pen = self.penalty_loss()
+        offset = None if pen is None else dict(zip(names, torch.autograd.grad(pen, list(params.values()))))
+        self.model.eval()
+        batches = shuffled_batches(pool, bsz, drop_last=True)
+        step = max(1, FISHER_CHUNK // bsz)
+
+        def chunks() -> Iterator[torch.Tensor]:
+            for s in range(0, len(batches), step):
+                x = self.train_aug(self.data.train.images[torch.cat(batches[s:s + step])])
+                yield x.view(-1, bsz, *x.shape[1:])
+        return fisher_diagonal(self.model, names, chunks(), len(pool), offset)

@@ -1,0 +1,78 @@
+"""RWalk baseline (the public code's methods/regularization.py RWalk): EMA Fisher + path-integral score."""
+from __future__ import annotations
+
+import torch
+
+from methods import register
+from methods.regularization import RegularizedMethod, reg_params
+
+ALPHA = 0.5  # EMA weight of the newest squared gradient
+EPS = 1e-3  # the score's denominator floor
+
+
+@register("rwalk")
+class RWalk(RegularizedMethod):
+    """Per training step, in the public code's order (update_fisher_and_score): the score grows by
+    the step's increment using the F before this step, then F = g^2 at its first update and
+    F = (1 - alpha) F + alpha g^2 afterwards; g = the step's gradient of CE (+ cutmix) + penalty, in
+    train mode. F is never reset; the run's very first step updates nothing (public: no gradient
+    existed before it). After every training call: score = the call's score at the first call, else
+    the mean of the previous score and the call's; importance = F + score (no normalisation, as in
+    the public code); the call's score restarts at 0.
+
+    ``score_rule`` "public" (default): the public code's increment (g_new - g_old) / (0.5 F
+    (theta_new - theta_old)^2 + eps) is always 0, because it takes its "old" snapshots with
+    ``detach()`` (no copy), and the in-place optimizer step and gradient accumulation (PyTorch 1.x)
+    make old and new the same tensors: the score stays 0 and RWalk is an EMA-Fisher EWC.
+    "paper": the RWalk path integral -g * dtheta / (0.5 F dtheta^2 + eps) with real snapshots.
+    Chosen by ``--rwalk_score``."""
+
+    score_rule = "public"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.score_rule = getattr(self.cfg, "rwalk_score", None) or self.score_rule
+        if self.score_rule not in ("public", "paper"):
+            raise ValueError(f"unknown rwalk_score '{self.score_rule}'; valid: public, paper")
+        self.fisher_ema: dict[str, torch.Tensor] = {}
+        self.call_score: dict[str, torch.Tensor] = {}
+        self.score: dict[str, torch.Tensor] | None = None
+        self.steps = 0
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+        params = reg_params(self.model)
+        old = {n: p.detach().clone() for n, p in params.items()} if self.score_rule == "paper" else None
+        out = super().train_step(x, y)
+        if self.steps > 0:
+            self.update_fisher_and_score(params, old)
+        self.steps += 1
+        return out
+
+    @torch.no_grad()
+    def update_fisher_and_score(self, params: dict[str, torch.Tensor], old: dict[str, torch.Tensor] | None) -> None:
+        """One step's update from the gradients left in ``p.grad`` (and the parameters before the step)."""
+        names = [n for n, p in params.items() if p.grad is not None]
+        if old is not None:
+            for n in names:
+                delta = params[n] - old[n]
+                fisher = self.fisher_ema.get(n, torch.zeros_like(delta))
+                step = params[n].grad * delta / (0.5 * fisher * delta.square() + EPS)
+                self.call_score[n] = self.call_score.get(n, torch.zeros_like(delta)) - step
+        ema = [n for n in names if n in self.fisher_ema]
+        for n in names:
+            if n not in self.fisher_ema:
+                self.fisher_ema[n] = params[n].grad.square()
+        if ema:
+            f, g = [self.fisher_ema[n] for n in ema], [params[n].grad for n in ema]
+            torch._foreach_mul_(f, 1 - ALPHA)
+            torch._foreach_addcmul_(f, g, g, value=ALPHA)
+
+    def importance(self, task_id: int, phase: str) -> dict[str, torch.Tensor]:
+        params = reg_params(self.model)
+        call = {n: self.call_score.get(n, torch.zeros_like(p)) for n, p in params.items()}
+        if self.score is None:
+            self.score = call
+        else:
+            self.score = {n: 0.5 * self.score.get(n, torch.zeros_like(p)) + 0.5 * call[n] for n, p in params.items()}
+        self.call_score = {}
+        return {n: self.fisher_ema.get(n, torch.zeros_like(p)) + self.score[n] for n, p in params.items()}

@@ -1,0 +1,199 @@
+"""EWC/RWalk: the quadratic penalty, the Fisher pass and RWalk's step update against hand-computed
+values; head exclusion; online (one replaced slot) vs offline (one slot per task); end-to-end runs."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import main as rm_main
+from configuration.config import base_parser, resolve
+from methods import build_method, method_names
+from methods.regularization import QuadraticPenalty, fisher_diagonal, reg_params
+from utils.data import ImageSet, RunData
+
+N_CLS, PER_CLS = 10, 10
+HEAD = {"fc.weight", "fc.bias"}
+BODY = ["input.lin.weight", "input.bn.weight", "input.bn.bias", "hidden1.lin.weight", "hidden1.bn.weight",
+        "hidden1.bn.bias"]
+
+
+def make(mode: str, *flags: str):
+    """An EWC/RWalk method on 100 random 28x28 images (label = index % 10), memory 30."""
+    argv = ["--mode", mode, "--memory_size", "30", "--transforms", *flags]
+    cfg = resolve(base_parser(method_names()).parse_args(argv))
+    g = torch.Generator().manual_seed(0)
+    n = N_CLS * PER_CLS
+    labels = torch.arange(n) % N_CLS
+    classes = [str(c) for c in range(N_CLS)]
+
+    def split(name: str) -> ImageSet:
+        imgs = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+        return ImageSet(imgs, [f"{name}/{i % N_CLS}/{i}.png" for i in range(n)], classes, labels.clone())
+
+    data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), N_CLS, [])
+    return build_method(mode, cfg, data, torch.device("cpu"))
+
+
+def test_penalty_hand_computed_slots_add_and_replace():
+    w = nn.Parameter(torch.tensor([1.5, 0.0]))
+    pen = QuadraticPenalty()
+    assert pen({"w": w}) is None
+    pen.add({"w": torch.tensor([2.0, 3.0])}, {"w": torch.tensor([1.0, -1.0])}, replace=False)
+    val = pen({"w": w})  # 2 * 0.5^2 + 3 * 1^2
+    assert val.item() == pytest.approx(3.5)
+    assert torch.autograd.grad(val, w)[0].tolist() == pytest.approx([2.0, 6.0])  # 2 F (w - w*)
+    pen.add({"w": torch.tensor([1.0, 1.0])}, {"w": torch.tensor([0.0, 0.0])}, replace=False)  # offline: 2 slots
+    val = pen({"w": w})
+    assert len(pen) == 2 and val.item() == pytest.approx(3.5 + 2.25)
+    assert torch.autograd.grad(val, w)[0].tolist() == pytest.approx([2.0 + 3.0, 6.0])
+    pen.add({"w": torch.tensor([1.0, 1.0])}, {"w": torch.tensor([0.0, 0.0])}, replace=True)  # online: 1 slot
+    val = pen({"w": w})
+    assert len(pen) == 1 and val.item() == pytest.approx(2.25)
+    assert torch.autograd.grad(val, w)[0].tolist() == pytest.approx([3.0, 0.0])
+
+
+def test_fisher_hand_computed_on_a_two_parameter_model():
+    """logits = (w0 x, w1 x) with w = (1, -1): the predicted class is 0 for x > 0, else 1, and
+    dCE/dw_j = (softmax_j - [j == pred]) x, averaged over the mini-batch."""
+    model = nn.Linear(1, 2, bias=False)
+    model.weight.data = torch.tensor([[1.0], [-1.0]])
+    batches = [[1.0, 2.0], [-1.0, 0.5]]  # plus one sample the loader dropped: data size 5
+
+    def grad_of(x: float) -> list[float]:
+        p0 = 1 / (1 + math.exp(-2 * x))
+        pred = 0 if x > 0 else 1
+        return [(p0 - (pred == 0)) * x, (1 - p0 - (pred == 1)) * x]
+
+    offset = [0.1, -0.2]  # the gradient of the current penalty, added to every mini-batch gradient
+    expect = [0.0, 0.0]
+    for b in batches:
+        g = [sum(grad_of(x)[j] for x in b) / len(b) for j in range(2)]
+        for j in range(2):
+            expect[j] += (g[j] + offset[j]) ** 2 * 2 / 5
+    xs = torch.tensor(batches).view(2, 2, 1)  # one chunk of K=2 mini-batches of B=2 samples
+    fisher = fisher_diagonal(model, ["weight"], [xs], 5, {"weight": torch.tensor([[0.1], [-0.2]])})
+    assert fisher["weight"].flatten().tolist() == pytest.approx(expect, rel=1e-5)
+    split = fisher_diagonal(model, ["weight"], [xs[:, :1], xs[:, 1:]], 5)  # 1-sample batches, 2 chunks
+    assert split["weight"].flatten().tolist() == pytest.approx(
+        [sum(grad_of(x)[j] ** 2 for b in batches for x in b) / 5 for j in range(2)], rel=1e-5)
+
+
+def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
+    m = make("ewc", "--stream_env", "online")
+    m.before_task(0, torch.arange(60), torch.arange(100))
+    assert list(reg_params(m.model)) == BODY  # the fresh head's weight and bias are not regularised
+    m.train_stream(0)
+    m.update_memory(0)
+    ((imp, anchor),) = m.penalty.slots
+    assert set(imp) == set(anchor) == set(BODY) and not HEAD & set(imp)
+    assert m.model.input.lin.weight.shape[1] == 3 * 28 * 28  # no grey fold: the penalty sees each slice
+    # recompute the memory-phase Fisher by hand: one batch of 16 from the 30 memory samples (14 dropped
+    # but counted in the data size), training augmentation, eval mode, CE at the predicted label
+    # plus the current penalty
+    torch.manual_seed(7)
+    got = m.fisher("memory")
+    torch.manual_seed(7)
+    batches = list(m.memory.indices[torch.randperm(30)][:16].view(1, 16))
+    x = m.train_aug(m.data.train.images[torch.cat(batches)])
+    params = reg_params(m.model)
+    m.model.eval()
+    expect = {n: torch.zeros_like(p) for n, p in params.items()}
+    for b in range(len(batches)):
+        logits = m.model(x[16 * b:16 * (b + 1)])
+        loss = F.cross_entropy(logits, logits.argmax(1)) + m.reg_coef * m.penalty(params)
+        for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()))):
+            expect[n] += gr ** 2 * 16 / 30
+    for n in BODY:
+        assert torch.allclose(got[n], expect[n], rtol=1e-4, atol=1e-12), n
+
+
+@pytest.mark.parametrize("mode", ["ewc", "rwalk"])
+def test_online_replaces_one_slot_offline_adds_one_per_task(mode):
+    m = make(mode, "--stream_env", "online", "--n_epoch", "1")
+    for t in range(2):
+        m.before_task(t, torch.arange(50 * t, 50 * t + 50), torch.arange(100))
+        m.train_stream(t)
+        assert len(m.penalty) == 1 and m.penalty_loss() is not None  # active in the memory epochs
+        m.update_memory(t)
+        m.train_memory(t)
+        assert len(m.penalty) == 1
+        anchor = m.penalty.slots[0][1]
+        assert all(torch.equal(anchor[n], p) for n, p in reg_params(m.model).items())
+    assert m.n_calls == 4
+    m = make(mode, "--stream_env", "offline", "--n_epoch", "1")
+    for t in range(3):
+        m.before_task(t, torch.arange(30 * t, 30 * t + 30), torch.arange(100))
+        m.train_offline(t)
+        m.update_memory(t)
+        assert len(m.penalty) == t + 1
+
+
+def test_rwalk_step_update_hand_computed():
+    m = make("rwalk")
+    m.score_rule = "paper"
+    p = torch.tensor([1.0, 2.0])
+    p.grad = torch.tensor([0.5, -1.0])
+    m.update_fisher_and_score({"w": p}, {"w": torch.tensor([0.9, 2.2])})  # dtheta = (0.1, -0.2), F = 0
+    assert m.call_score["w"].tolist() == pytest.approx([-0.05 / 1e-3, -0.2 / 1e-3])
+    assert m.fisher_ema["w"].tolist() == pytest.approx([0.25, 1.0])  # first update: F = g^2
+    old, p = p.clone(), p + torch.tensor([0.2, 0.1])
+    p.grad = torch.tensor([1.0, 1.0])
+    m.update_fisher_and_score({"w": p}, {"w": old})  # score uses the F before this step's update
+    assert m.call_score["w"].tolist() == pytest.approx([-50 - 0.2 / (0.5 * 0.25 * 0.04 + 1e-3),
+                                                        -200 - 0.1 / (0.5 * 1.0 * 0.01 + 1e-3)])
+    assert m.fisher_ema["w"].tolist() == pytest.approx([0.5 * 0.25 + 0.5, 1.0])  # EMA, alpha 0.5
+    m.model = nn.Module()
+    m.model.w, m.model.h1, m.model.h2 = nn.Parameter(p), nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    s1 = m.call_score["w"].clone()
+    imp = m.importance(0, "stream")  # first call: score = the call's score; importance = F + score
+    assert torch.allclose(imp["w"], m.fisher_ema["w"] + s1) and m.call_score == {}
+    m.call_score = {"w": torch.tensor([10.0, 20.0])}
+    imp = m.importance(0, "memory")  # later calls: mean of the previous score and the call's
+    assert torch.allclose(imp["w"], m.fisher_ema["w"] + 0.5 * s1 + torch.tensor([5.0, 10.0]))
+    # the public code's rule: no score (its snapshots alias the new values), the same EMA Fisher
+    pub = make("rwalk")
+    assert pub.score_rule == "public"
+    q = torch.tensor([1.0, 2.0])
+    q.grad = torch.tensor([0.5, -1.0])
+    pub.update_fisher_and_score({"w": q}, None)
+    assert pub.call_score == {} and pub.fisher_ema["w"].tolist() == pytest.approx([0.25, 1.0])
+
+
+def test_rwalk_skips_the_first_step_then_tracks_squared_step_gradients():
+    m = make("rwalk")
+    m.before_task(0, torch.arange(100), torch.arange(100))
+    x = m.train_aug(m.data.train.images[:16])
+    y = m.data.train_labels[:16]
+    m.train_step(x, y)
+    assert m.fisher_ema == {}  # the public code's first step has no earlier gradient: no update
+    m.train_step(x, y)
+    params = reg_params(m.model)
+    assert set(m.fisher_ema) == set(BODY)
+    assert all(torch.equal(m.fisher_ema[n], params[n].grad.square()) for n in BODY)
+
+
+@pytest.mark.parametrize("mode,stream_env,exp,trans", [("ewc", "online", "blurry10", []),
+                                                       ("rwalk", "online", "blurry10", ["cutmix"]),
+                                                       ("ewc", "offline", "disjoint", [])])
+def test_end_to_end_on_mnist(mnist_dir: Path, tmp_path: Path, mode, stream_env, exp, trans):
+    argv = ["--mode", mode, "--stream_env", stream_env, "--exp_name", exp, "--dataset", "mnist", "--n_epoch", "1",
+            "--memory_size", "100", "--data_dir", str(mnist_dir), "--out_dir", str(tmp_path),
+            "--device", "cpu", "--transforms", *trans]
+    assert rm_main.main(argv) == 0
+    (path,) = (tmp_path / "results" / "mnist").glob("*.json")
+    res = json.loads(path.read_text())
+    assert res["config"]["mem_manage_resolved"] == "reservoir"
+    assert len(res["task_acc"]) == 5 and all(sum(c) == 100 for c in res["memory_class_counts"])
+    vals = res["task_acc"] + res["task_acc_final"] + [res["A_last"], res["A_avg"], res["F_last"]]
+    assert all(math.isfinite(v) for v in vals) and all(0 <= a <= 100 for a in res["task_acc"])
+    assert all(math.isfinite(e["train_loss"]) for task in res["epochs"] for e in task)
+    if exp == "disjoint":  # one epoch at lr/10 with a fresh head: the newest classes are learned
+        assert sum(res["cls_acc"][-1][c] for c in res["task_classes"][-1]) / 2 > 50, res["cls_acc"][-1]
+    else:  # 10 classes, chance 10%
+        assert res["A_last"] > 20, res["task_acc"]
