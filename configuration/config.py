@@ -5,7 +5,7 @@ import argparse
 
 from configuration.presets import preset_for
 
-MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty", "class_balanced")
+MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty", "prototype", "class_balanced")
 UNCERT_METRICS = ("vr", "vr_randaug", "vr_cutout", "vr_autoaug")
 TRANSFORMS = ("cutmix", "cutout", "randaug", "autoaug")
 PRESET_KEYS = ("model_name", "n_epoch", "batchsize", "lr", "opt_name", "sched_name", "memory_size",

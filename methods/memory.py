@@ -4,8 +4,12 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
+
+from methods.prototype import herding, method_featurizer
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # candidate indices -> uncertainty per candidate
+Featurizer = Callable[[torch.Tensor], torch.Tensor]  # candidate indices -> L2-normalised features [n, D]
 
 MANAGERS: dict[str, type["MemoryManager"]] = {}
 
@@ -61,6 +65,7 @@ class MemoryManager:
 
     name = "base"
     needs_scorer = False
+    needs_features = False  # the manager selects on model features (update's ``featurizer``)
 
     def __init__(self, size: int, labels: torch.Tensor) -> None:
         self.size = size
@@ -72,7 +77,8 @@ class MemoryManager:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def update(self, stream: torch.Tensor, task_id: int, num_class: int, scorer: Scorer | None = None) -> None:
+    def update(self, stream: torch.Tensor, task_id: int, num_class: int, scorer: Scorer | None = None,
+               featurizer: Featurizer | None = None) -> None:
         cand = torch.cat([stream, self.indices])
         if len(cand) <= self.size:
             self.indices = cand
@@ -127,7 +133,7 @@ class ReservoirMemory(MemoryManager):
         """j_i ~ U{0, ..., seen_i - 1} for the i-th stream sample past the filling phase."""
         return torch.floor(torch.rand(len(seen_at), device=seen_at.device, dtype=torch.float64) * seen_at).long()
 
-    def update(self, stream, task_id, num_class, scorer=None):
+    def update(self, stream, task_id, num_class, scorer=None, featurizer=None):
         cand_len = len(stream) + len(self.indices)
         if cand_len <= self.size:
             self.indices = torch.cat([stream, self.indices])
@@ -175,3 +181,74 @@ class ClassBalancedMemory(MemoryManager):
 
     def select(self, stream, cand, task_id, num_class, scorer):
         return class_balanced_random(cand, self.labels, self.size, num_class)
+
+
+@register_manager("prototype")
+class PrototypeMemory(MemoryManager):
+    """iCaRL herding (public mean_feature_sampling), m = size // num_class per class: old exemplar
+    sets are first cut to m at random; a class that still has m exemplars keeps them; otherwise its
+    candidates (this task's stream of the class, then its old exemplars) are all kept if they fit,
+    else m are herded on L2-normalised features towards the class mean, which is computed from the
+    candidates the first time the class is herded and kept from then on. Unused slots stay empty."""
+
+    needs_features = True
+    # Stopgap while Method.update_memory passes no featurizer: ask for a scorer, whose owner (the
+    # bound Method.uncertainty) gives the model; see featurizer_from_scorer.
+    needs_scorer = True
+
+    def __init__(self, size: int, labels: torch.Tensor) -> None:
+        super().__init__(size, labels)
+        self.class_mean: dict[int, torch.Tensor] = {}
+
+    def update(self, stream, task_id, num_class, scorer=None, featurizer=None):
+        cand = torch.cat([stream, self.indices])
+        if len(cand) <= self.size:
+            self.indices = cand
+            self.seen = len(cand)
+            return
+        if featurizer is None:
+            featurizer = featurizer_from_scorer(scorer)
+        m = self.size // num_class
+        old = reduce_per_class(self.indices, self.labels, m)
+        y_old, y_new = self.labels[old], self.labels[stream]
+        old_counts = torch.bincount(y_old, minlength=num_class).tolist()
+        kept: list[torch.Tensor] = []
+        herd: list[tuple[int, int, torch.Tensor]] = []  # (class, slot in kept, candidates)
+        for c in range(num_class):
+            ex = old[y_old == c]
+            if old_counts[c] >= m:
+                kept.append(ex)
+                continue
+            cand_c = torch.cat([stream[y_new == c], ex])
+            kept.append(cand_c)
+            if len(cand_c) > m:
+                herd.append((c, len(kept) - 1, cand_c))
+        if herd:
+            feats = featurizer(torch.cat([h[2] for h in herd])).split([len(h[2]) for h in herd])
+            for (c, slot, cand_c), f in zip(herd, feats):
+                if c not in self.class_mean:  # the public code never replaces a class mean
+                    self.class_mean[c] = F.normalize(f.mean(0), dim=0)
+                kept[slot] = cand_c[herding(f, self.class_mean[c], m)]
+        self.indices = torch.cat(kept) if kept else old[:0]
+
+
+def reduce_per_class(indices: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
+    """A random subset of min(m, n_c) samples of each class c (public _reduce_exemplar_sets)."""
+    if len(indices) == 0:
+        return indices
+    shuffled = indices[_perm(len(indices), indices.device)]
+    ys = labels[shuffled]
+    order = torch.argsort(ys, stable=True)
+    sorted_y = ys[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=indices.device) - torch.searchsorted(sorted_y, sorted_y)
+    return shuffled[rank < m]
+
+
+def featurizer_from_scorer(scorer) -> Featurizer:
+    """The Method behind a bound ``scorer`` (today's Method.update_memory hands managers with
+    needs_scorer its bound ``uncertainty``) -> that method's featurizer (methods.prototype)."""
+    owner = getattr(scorer, "__self__", None)
+    if owner is None or not hasattr(owner, "model") or not hasattr(owner, "data"):
+        raise ValueError("prototype memory needs a featurizer (model features of the candidates)")
+    return method_featurizer(owner)
