@@ -12,7 +12,7 @@ from torch import nn
 from methods import register
 from methods.base import EVAL_BATCH, FitResult, Method
 from methods.distill import kd_loss
-from methods.memory import MANAGERS, build_manager
+from methods.memory import MANAGERS, build_manager, rank_within_class
 
 logger = logging.getLogger("rm")
 
@@ -26,11 +26,7 @@ def per_class_take(cand: torch.Tensor, labels: torch.Tensor, per: int) -> torch.
     """The first ``per`` candidates of every class, in candidate order (vectorised)."""
     if per <= 0 or len(cand) == 0:
         return cand[:0]
-    y = labels[cand]
-    order = torch.argsort(y, stable=True)
-    ys = y[order]
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=cand.device) - torch.searchsorted(ys, ys)
+    rank = rank_within_class(labels[cand])
     return cand[rank < per]
 
 

@@ -33,18 +33,21 @@ def _perm(n: int, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, device=device)
 
 
+def rank_within_class(y: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same label (vectorised)."""
+    order = torch.argsort(y, stable=True)
+    sorted_y = y[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=y.device) - torch.searchsorted(sorted_y, sorted_y)
+    return rank
+
+
 def class_balanced_random(cand: torch.Tensor, labels: torch.Tensor, size: int, num_class: int) -> torch.Tensor:
     """Up to size // num_class random samples of each class 0..num_class-1, then random fill."""
     per = size // num_class
-    y = labels[cand]
     shuffled = cand[_perm(len(cand), cand.device)]
     ys = labels[shuffled]
-    # rank of each sample within its class in the shuffled order (vectorised)
-    order = torch.argsort(ys, stable=True)
-    sorted_y = ys[order]
-    first = torch.searchsorted(sorted_y, sorted_y, right=False)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=cand.device) - first
+    rank = rank_within_class(ys)
     keep = (rank < per) & (ys < num_class)
     chosen = shuffled[keep]
     return _fill(chosen, cand, size)
@@ -237,11 +240,7 @@ def reduce_per_class(indices: torch.Tensor, labels: torch.Tensor, m: int) -> tor
     if len(indices) == 0:
         return indices
     shuffled = indices[_perm(len(indices), indices.device)]
-    ys = labels[shuffled]
-    order = torch.argsort(ys, stable=True)
-    sorted_y = ys[order]
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=indices.device) - torch.searchsorted(sorted_y, sorted_y)
+    rank = rank_within_class(labels[shuffled])
     return shuffled[rank < m]
 
 
