@@ -61,6 +61,12 @@ def prepare_run(cfg):
         raise ConfigError(f"--n_init_cls {cfg.n_init_cls} exceeds the {n_classes} classes of {cfg.dataset}")
     if cfg.mode == "rm" and cfg.batchsize < 2:
         raise ConfigError("rm needs --batchsize >= 2 (half of each batch comes from memory)")
+    data_ch = train.images.shape[1]
+    if cfg.in_channels is None:
+        cfg.in_channels = 3 if cfg.model_name == "mlp400" else data_ch
+    elif cfg.in_channels != data_ch and not (data_ch == 1 and cfg.in_channels == 3):
+        raise ConfigError(f"--in_channels {cfg.in_channels} does not fit {cfg.dataset}'s {data_ch}-channel images "
+                          f"(grey images may feed a 3-channel model, not the reverse)")
     mean, std, _ = STATS.get(cfg.dataset, (None, None, None))
     if mean is None:
         x = train.images.float() / 255
@@ -116,6 +122,7 @@ def drive(cfg, method, tasks, log, writer) -> dict:
         return out
 
     for t, (stream, _) in enumerate(tasks):
+        method.last_task = t == len(tasks) - 1
         method.before_task(t, stream, eval_indices(cfg, tasks, t))
         if cfg.stream_env == "online":
             timed("stream_pass", method.train_stream, t)
@@ -177,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                                         "(public code protocol; model selection on the test set)",
                             "task_acc_final": "test accuracy of the model at the end of each task",
                             "units": "percent"}}
+        if cfg.eval_epochs == "last_task":
+            result["notes"]["eval_epochs"] = ("last_task: before the final task only the last epoch of each training "
+                                              "call was evaluated, so task_acc of earlier tasks is their final-model "
+                                              "accuracy; A_last and A_last_final are as with 'all'")
         write_npy(out / "results" / cfg.dataset / f"{run_name}.npy", rec["task_acc"])
         write_json(out / "results" / cfg.dataset / f"{run_name}.json", result)
         log.info("A_last %.2f | A_avg %.2f | F_last %.2f | I_last %.2f | A_last_final %.2f | wall %.1f s",

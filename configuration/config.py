@@ -41,6 +41,9 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--n_cls_a_task", type=int, help="classes per task")
     a("--n_init_cls", type=int, help="initial head size (preset: all classes for blurry, n_cls_a_task for disjoint)")
     a("--model_name", help="mlp400 (MNIST-sized inputs)")
+    a("--in_channels", type=int, choices=[1, 3],
+          help="channels the model is defined for; default: 3 for mlp400 (the public code feeds MNIST as RGB, "
+               "grey repeated 3 times), else the data's. 1 on grey data trains a true grey model")
     a("--pretrain", action="store_true", help="accepted for compatibility; no pretrained weights are used")
     a("--opt_name", choices=["sgd", "adam", "radam"])
     a("--sched_name", choices=["cos", "anneal", "multistep"])
@@ -62,6 +65,10 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--reg_coef", type=float, default=100, help="EWC/RWalk regularisation weight")
     a("--rwalk_score", default="public", choices=["public", "paper"],
           help="RWalk path-integral score: 'public' reproduces the public code (always 0), 'paper' computes it")
+    a("--eval_epochs", default="all", choices=["all", "last_task"],
+          help="evaluate after every epoch (the protocol), or per epoch only in the final task and once at the end "
+               "of each earlier training call: A_last and A_last_final are unchanged, earlier tasks' best-epoch "
+               "accuracy becomes their final-model accuracy")
     a("--debug", action="store_true", help="at most 2560 train and test samples per task")
     a("--collections_dir", help="read split files in the paper's format from DIR instead of generating them")
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from methods.memory import MemoryManager, build_manager
+from methods.prototype import method_featurizer
 from models import build_model
 from utils.augment import TrainAugment, cutmix, normalize
 from utils.data import RunData
@@ -68,7 +69,8 @@ class Method:
         self.data = data
         self.device = device
         self.writer = writer
-        self.in_channels = 3 if cfg.model_name == "mlp400" else data.train.images.shape[1]
+        ch = getattr(cfg, "in_channels", None)
+        self.in_channels = ch if ch is not None else (3 if cfg.model_name == "mlp400" else data.train.images.shape[1])
         self.model = self.new_model(cfg.n_init_cls)
         mem = cfg.mem_manage if cfg.mem_manage not in (None, "default") else self.default_memory
         self.mem_manage = mem
@@ -83,6 +85,7 @@ class Method:
         self.optimizer = None
         self.scheduler = None
         self.eval_time = 0.0
+        self.last_task = True  # the driver sets it per task (False before the final task)
         self.samples: dict[str, int] = {}  # samples processed per phase (for benchmarks)
 
     # ----------------------------------------------------------------- model
@@ -128,7 +131,8 @@ class Method:
 
     def update_memory(self, task_id: int) -> None:
         scorer = self.uncertainty if self.memory.needs_scorer else None
-        self.memory.update(self.stream, task_id, self.num_learning_class, scorer)
+        featurizer = method_featurizer(self) if self.memory.needs_features else None
+        self.memory.update(self.stream, task_id, self.num_learning_class, scorer, featurizer)
         counts = self.memory.class_counts(self.data.n_classes)
         logger.info("Memory (%s) after task %d: %d samples, per class %s", self.mem_manage, task_id, len(self.memory), counts)
 
@@ -153,6 +157,12 @@ class Method:
         else:
             self.scheduler.step()
 
+    def evaluates_epoch(self, epoch: int, n_epoch: int) -> bool:
+        """Every epoch (the protocol), or with --eval_epochs last_task only the last epoch of each
+        call before the final task: evaluation has no effect on training, so the final task's
+        numbers (A_last, A_last_final) are unchanged."""
+        return getattr(self.cfg, "eval_epochs", "all") == "all" or self.last_task or epoch == n_epoch - 1
+
     def fit(self, task_id: int, n_epoch: int, phase: str) -> FitResult:
         res = FitResult(best_acc=0.0)
         for epoch in range(n_epoch):
@@ -160,17 +170,19 @@ class Method:
             batches = self.epoch_batches(phase)
             self._count(phase, sum(len(b) for b in batches))
             tr_loss, tr_acc = self.run_epoch(batches)
-            t0 = time.perf_counter()
-            ev = self.evaluate(self.test_idx)
-            self._count("evaluation", len(self.test_idx))
-            self.eval_time += time.perf_counter() - t0
             lr = self.optimizer.param_groups[0]["lr"]
-            rec = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": ev["avg_loss"],
-                   "test_acc": ev["avg_acc"], "lr": lr}
+            rec = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": None, "test_acc": None,
+                   "lr": lr}
+            if self.evaluates_epoch(epoch, n_epoch):
+                t0 = time.perf_counter()
+                ev = self.evaluate(self.test_idx)
+                self._count("evaluation", len(self.test_idx))
+                self.eval_time += time.perf_counter() - t0
+                rec.update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
+                res.best_acc = max(res.best_acc, ev["avg_acc"])
+                res.last = ev
             res.epochs.append(rec)
             self.log_epoch(task_id, phase, rec)
-            res.best_acc = max(res.best_acc, ev["avg_acc"])
-            res.last = ev
         self.after_fit(task_id, phase)
         return res
 
@@ -178,14 +190,19 @@ class Method:
         """Hook run after every training call (EWC/RWalk compute their importance here)."""
 
     def log_epoch(self, task_id: int, phase: str, rec: dict) -> None:
-        logger.info("Task %d | %s | Epoch %d | train_loss %.4f | train_acc %.2f | test_loss %.4f | test_acc %.2f | lr %.5f",
-                    task_id, phase, rec["epoch"] + 1, rec["train_loss"], rec["train_acc"], rec["test_loss"], rec["test_acc"], rec["lr"])
+        keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+        if rec["test_acc"] is None:
+            keys = ("train_loss", "train_acc", "lr")
+            logger.info("Task %d | %s | Epoch %d | train_loss %.4f | train_acc %.2f | lr %.5f (no evaluation)",
+                        task_id, phase, rec["epoch"] + 1, rec["train_loss"], rec["train_acc"], rec["lr"])
+        else:
+            logger.info("Task %d | %s | Epoch %d | train_loss %.4f | train_acc %.2f | test_loss %.4f | test_acc %.2f | "
+                        "lr %.5f", task_id, phase, rec["epoch"] + 1, rec["train_loss"], rec["train_acc"],
+                        rec["test_loss"], rec["test_acc"], rec["lr"])
         if self.writer is not None:
-            key = f"task{task_id}/{phase}"
-            step = rec["epoch"]
-            for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            for k in keys:
                 group, _, name = k.partition("_")
-                self.writer.add_scalar(f"{key}/{group}/{name}", rec[k], step)
+                self.writer.add_scalar(f"task{task_id}/{phase}/{group}/{name}", rec[k], rec["epoch"])
 
     def run_epoch(self, batches: list[torch.Tensor]) -> tuple[float, float]:
         """Train on the given index batches; augmentation runs in chunks of whole batches."""
@@ -209,7 +226,7 @@ class Method:
             o = 0
             for b in batches[i:j]:
                 s = len(b)
-                loss, logits, y = self.train_step(x_all[o:o + s], y_all[o:o + s])
+                loss, logits, y = self.train_step(x_all[o:o + s], y_all[o:o + s], b)
                 total_loss += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
                 n_seen += s
@@ -226,8 +243,8 @@ class Method:
         """Hook for regularisers and distillation (none here)."""
         return None
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor):
-        """One SGD step with cutmix (p=0.5 per batch, loss mixed by area) when configured."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
+        """One step on augmented images ``x``, labels ``y`` of training-set indices ``idx``: SGD step with cutmix (p=0.5 per batch, loss mixed by area) when configured."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.cutmix and np.random.rand() < 0.5:
             xm, ya, yb, lam = cutmix(x, y, alpha=1.0)

@@ -133,7 +133,7 @@ class BiC(Method):
         with torch.no_grad():
             return self.correct(self.old_model(x))
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
         """(1 - lam) * CE + lam * KD on bias-corrected logits with --distilling (public code), else CE."""
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.correct(self.model(x))

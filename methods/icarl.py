@@ -46,7 +46,6 @@ class ICaRL(Method):
         self.target_row = torch.full((len(data.train_labels),), -1, dtype=torch.long, device=device)
         self.means: torch.Tensor | None = None
         self.mem_done = False
-        self._queue = iter(())
 
     # ----------------------------------------------------------------- model
     def new_model(self, n_out: int) -> nn.Module:
@@ -101,29 +100,23 @@ class ICaRL(Method):
         self.targets = torch.cat(outs) if outs else torch.empty(0, self.n_learned, device=self.device)
 
     def epoch_batches(self, phase: str) -> list[torch.Tensor]:
-        """The base batches; with cutmix each batch is reordered new-class samples first and their
-        counts are read in one host sync per epoch. train_step takes them in order from a queue."""
+        """The base batches; with cutmix each batch is reordered new-class samples first, so the
+        new-class rows that cutmix mixes are a prefix of the batch."""
         batches = super().epoch_batches(phase)
-        counts: list = [None] * len(batches)
-        if self.cutmix and batches:
-            if self.n_learned == 0:
-                counts = [len(b) for b in batches]
-            else:
-                old = [self.data.train_labels[b] < self.n_learned for b in batches]
-                batches = [b[torch.argsort(o.to(torch.int8), stable=True)] for b, o in zip(batches, old)]
-                counts = torch.stack([(~o).sum() for o in old]).tolist()
-        self._queue = iter(list(zip(batches, counts)))
+        if self.cutmix and batches and self.n_learned:
+            labels = self.data.train_labels
+            batches = [b[torch.argsort((labels[b] < self.n_learned).to(torch.int8), stable=True)] for b in batches]
         return batches
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
         """CE on new-class samples (+ cutmix on them, second forward pass, as the public code) and
-        BCE distillation of the old classes' outputs on old-class samples."""
-        idx, n_new = next(self._queue)
+        BCE distillation of the old classes' outputs on old-class samples (stored targets of the
+        training-set indices ``idx``). Only a cutmix step reads its new-class count on the host."""
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x)
         new = y >= self.n_learned
-        mix = self.cutmix and n_new > 0 and np.random.rand() < 0.5 and n_new > 1  # BN needs 2 samples
-        if mix:
+        n_new = int(new.sum()) if self.cutmix and np.random.rand() < 0.5 else 0
+        if n_new > 1:  # BN needs 2 samples
             xm, ya, yb, lam = cutmix(x[:n_new], y[:n_new], alpha=1.0)
             g = self.model(xm)
             loss = lam * F.cross_entropy(g, ya) + (1 - lam) * F.cross_entropy(g, yb)
@@ -163,16 +156,6 @@ class ICaRL(Method):
         for rec in res.epochs:
             self.log_epoch(task_id, phase, rec)
         return res
-
-    def log_epoch(self, task_id: int, phase: str, rec: dict) -> None:
-        if rec["test_acc"] is not None:
-            return super().log_epoch(task_id, phase, rec)
-        logger.info("Task %d | %s | Epoch %d | train_loss %.4f | train_acc %.2f | lr %.5f (no evaluation)",
-                    task_id, phase, rec["epoch"] + 1, rec["train_loss"], rec["train_acc"], rec["lr"])
-        if self.writer is not None:
-            for k in ("train_loss", "train_acc", "lr"):
-                group, _, name = k.partition("_")
-                self.writer.add_scalar(f"task{task_id}/{phase}/{group}/{name}", rec[k], rec["epoch"])
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from methods.prototype import herding, method_featurizer
+from methods.prototype import herding
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # candidate indices -> uncertainty per candidate
 Featurizer = Callable[[torch.Tensor], torch.Tensor]  # candidate indices -> L2-normalised features [n, D]
@@ -195,9 +195,6 @@ class PrototypeMemory(MemoryManager):
     candidates the first time the class is herded and kept from then on. Unused slots stay empty."""
 
     needs_features = True
-    # Stopgap while Method.update_memory passes no featurizer: ask for a scorer, whose owner (the
-    # bound Method.uncertainty) gives the model; see featurizer_from_scorer.
-    needs_scorer = True
 
     def __init__(self, size: int, labels: torch.Tensor) -> None:
         super().__init__(size, labels)
@@ -210,7 +207,7 @@ class PrototypeMemory(MemoryManager):
             self.seen = len(cand)
             return
         if featurizer is None:
-            featurizer = featurizer_from_scorer(scorer)
+            raise ValueError("prototype memory needs a featurizer (model features of the candidates)")
         m = self.size // num_class
         old = reduce_per_class(self.indices, self.labels, m)
         y_old, y_new = self.labels[old], self.labels[stream]
@@ -243,11 +240,3 @@ def reduce_per_class(indices: torch.Tensor, labels: torch.Tensor, m: int) -> tor
     rank = rank_within_class(labels[shuffled])
     return shuffled[rank < m]
 
-
-def featurizer_from_scorer(scorer) -> Featurizer:
-    """The Method behind a bound ``scorer`` (today's Method.update_memory hands managers with
-    needs_scorer its bound ``uncertainty``) -> that method's featurizer (methods.prototype)."""
-    owner = getattr(scorer, "__self__", None)
-    if owner is None or not hasattr(owner, "model") or not hasattr(owner, "data"):
-        raise ValueError("prototype memory needs a featurizer (model features of the candidates)")
-    return method_featurizer(owner)

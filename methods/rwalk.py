@@ -39,10 +39,10 @@ class RWalk(RegularizedMethod):
         self.score: dict[str, torch.Tensor] | None = None
         self.steps = 0
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
         params = reg_params(self.model)
         old = {n: p.detach().clone() for n, p in params.items()} if self.score_rule == "paper" else None
-        out = super().train_step(x, y)
+        out = super().train_step(x, y, idx)
         if self.steps > 0:
             self.update_fisher_and_score(params, old)
         self.steps += 1

@@ -160,7 +160,7 @@ def test_icarl_targets_are_pre_training_outputs_and_the_step_uses_them():
         logits = method.model(x)
     new = yb >= 2
     expect = new_class_ce(logits, yb, new) + distillation_loss(logits, q_all[batch], ~new, 2)
-    loss, _, _ = method.train_step(x, yb)
+    loss, _, _ = method.train_step(x, yb, batch)
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
 
 

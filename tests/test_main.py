@@ -96,6 +96,7 @@ BAD = [
     (["--memory_size", "999999"], "larger than"),
     (["--batchsize", "1"], "batchsize"),
     (["--n_init_cls", "50"], "n_init_cls"),
+    (["--in_channels", "2"], "invalid choice"),
 ]
 
 
@@ -147,3 +148,35 @@ def test_cuda_without_gpu(mnist_dir, tmp_path, capsys):
     code = rm_main.main(["--dataset", "mnist", "--data_dir", str(mnist_dir), "--out_dir", str(tmp_path),
                          "--device", "cuda"])
     assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_in_channels_1_trains_a_true_grey_model(mnist_dir, tmp_path, monkeypatch):
+    """--in_channels 1: mlp400 takes 784 inputs (not 3 x 784) and still learns real MNIST."""
+    import methods
+    built = []
+    real = methods.build_method
+    monkeypatch.setattr(rm_main, "build_method", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    assert run(mnist_dir, tmp_path, "--mode", "finetune", "--stream_env", "offline", "--exp_name", "blurry10",
+               "--n_epoch", "3", "--memory_size", "200", "--transforms", "--in_channels", "1", dataset="mnist") == 0
+    (res,) = results(tmp_path, "mnist")
+    assert res["config"]["in_channels"] == 1
+    assert built[0].model.input.lin.weight.shape[1] == 28 * 28
+    assert res["A_last"] > 40  # chance is 10 over all classes
+
+
+def test_eval_epochs_last_task_keeps_a_last_and_skips_earlier_evaluations(mnist_dir, tmp_path):
+    """Evaluation does not touch training: the final task's numbers are identical, and tasks
+    0-3 are evaluated once per training call instead of once per epoch."""
+    args = ["--mode", "rm", "--n_epoch", "3", "--memory_size", "100", "--transforms",
+            "cutmix", "autoaug"]
+    assert run(mnist_dir, tmp_path / "all", *args, dataset="mnist") == 0
+    assert run(mnist_dir, tmp_path / "last", *args, "--eval_epochs", "last_task", dataset="mnist") == 0
+    (a,), (b,) = results(tmp_path / "all", "mnist"), results(tmp_path / "last", "mnist")
+    assert b["A_last"] == a["A_last"] and b["A_last_final"] == a["A_last_final"]
+    assert b["task_acc_final"] == a["task_acc_final"]
+    # per task: stream pass 1 evaluation + memory epochs 3 (all) or 1 (last_task); the final task keeps 3
+    n_test = a["phase_samples"]["evaluation"] // (5 * 4)
+    assert a["phase_samples"]["evaluation"] == 5 * 4 * n_test
+    assert b["phase_samples"]["evaluation"] == (4 * 2 + 4) * n_test
+    assert [e["test_acc"] is None for e in b["epochs"][0]] == [True, True, False]
+    assert "eval_epochs" in b["notes"]
