@@ -13,10 +13,13 @@ import torch
 
 from configuration.config import ConfigError, base_parser, resolve
 from methods import build_method, get_method_class, method_names
-from utils import metrics
+from methods.base import DivergedError
+from utils import checkpoint, metrics, tb
+from utils.checkpoint import checkpoint_path
 from utils.data import STATS, DataError, RunData, dataset_missing_message, load_split, resolve_device
 from utils.runtime import tune_allocator
-from utils.run_io import close_logging, default_run_name, reserve_run, setup_logging, write_json, write_npy
+from utils.run_io import (RunBusyError, claim_run, close_logging, default_run_name, reserve_run, setup_logging,
+                          write_json, write_npy)
 from utils.splits import SplitError, load_or_make, read_collection, validate_against
 from utils.tasks import build_streams
 
@@ -24,9 +27,12 @@ USER_ERRORS = (ConfigError, DataError, SplitError)
 
 
 def set_seed(seed: int) -> None:
+    """Seed every generator; on a GPU, cuDNN picks deterministic kernels (no autotuning)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def prepare_run(cfg):
@@ -110,10 +116,12 @@ def eval_indices(cfg, tasks, t: int) -> torch.Tensor:
     return torch.cat([tasks[i][1] for i in range(upto)])
 
 
-def drive(cfg, method, tasks, log, writer) -> dict:
-    """Call each hook once per task in a fixed order and collect the per-task records."""
-    rec = defaultdict(list)
-    timers = defaultdict(float)
+def drive(cfg, method, tasks, log, writer, state: dict | None = None, on_task_done=None) -> dict:
+    """Call each hook once per task in a fixed order and collect the per-task records; with a
+    checkpoint ``state``, continue after its task; ``on_task_done(t, rec, timers)`` after each task."""
+    rec = defaultdict(list, state["rec"] if state else {})
+    timers = defaultdict(float, state["timers"] if state else {})
+    first = state["task"] + 1 if state else 0
     def timed(phase: str, fn, *a):
         """Run a hook; its time, less the evaluation inside it, goes to ``phase``."""
         e0, t0 = method.eval_time, time.perf_counter()
@@ -122,6 +130,8 @@ def drive(cfg, method, tasks, log, writer) -> dict:
         return out
 
     for t, (stream, _) in enumerate(tasks):
+        if t < first:
+            continue
         method.last_task = t == len(tasks) - 1
         method.before_task(t, stream, eval_indices(cfg, tasks, t))
         if cfg.stream_env == "online":
@@ -144,6 +154,9 @@ def drive(cfg, method, tasks, log, writer) -> dict:
             for c, a in enumerate(res.last["cls_acc"]):
                 if a is not None:
                     writer.add_scalar(f"ClassAcc/class_{c}", a, t)
+            tb.log_task(writer, method, t, rec["cls_acc"], method.data.task_classes)
+        if on_task_done is not None:
+            on_task_done(t, rec, timers)
     rec["phase_time_s"] = dict(timers)
     rec["phase_time_s"]["evaluation"] = method.eval_time
     rec["phase_samples"] = dict(method.samples)
@@ -162,41 +175,90 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.out_dir)
-    run_name, log_file = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
+    state = None
+    lock = None
+    if cfg.resume:
+        run_name = cfg.run_name or default_run_name(cfg)
+        done = out / "results" / cfg.dataset / f"{run_name}.json"
+        if done.exists():
+            print(f"--resume: {run_name} already finished ({done}); nothing to do", file=sys.stderr)
+            return 0
+        ckpt = checkpoint_path(out, cfg.dataset, run_name)
+        try:
+            lock = claim_run(out, cfg.dataset, run_name)
+        except RunBusyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            state = checkpoint.load(ckpt, dict(vars(cfg)), device) if ckpt.exists() else None
+        except checkpoint.CheckpointError as e:
+            lock.unlink(missing_ok=True)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        log_file = out / "logs" / cfg.dataset / f"{run_name}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        run_name, log_file = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
+    ckpt = checkpoint_path(out, cfg.dataset, run_name)
     log = setup_logging(log_file)
     config = dict(vars(cfg), run_name=run_name, device_resolved=str(device))
     write_json(out / "logs" / cfg.dataset / f"{run_name}.config.json", config)
     log.info("Run %s on %s | config %s", run_name, device, json.dumps(config))
+    if cfg.resume:
+        log.info("--resume: %s", f"continuing after task {state['task']} from {ckpt}" if state else
+                 f"no checkpoint in {ckpt}: starting from the first task")
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(str(out / "tensorboard" / cfg.dataset / run_name))
+    wall_before = state["wall_s"] if state else 0.0
+
+    def task_done(t: int, rec: dict, timers: dict) -> None:
+        checkpoint.save(ckpt, t, method, rec, timers, config, wall_before + time.perf_counter() - start)
+
     try:
         method = build_method(cfg.mode, cfg, data, device, writer)
+        if state:
+            checkpoint.restore(method, state)
         config["mem_manage_resolved"] = method.mem_manage
-        rec = drive(cfg, method, tasks, log, writer)
+        try:
+            rec = drive(cfg, method, tasks, log, writer, state, task_done)
+        except DivergedError as e:
+            kept = f"the checkpoint after task {e.task_id - 1} is kept ({ckpt})" if ckpt.exists() else "no task finished"
+            log.error("%s; %s. Lower --lr (or check the data) and start the run again.", e, kept)
+            return 3
         summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
                                     cfg.joint_acc)
         result = {"config": config, **summary, "task_acc": rec["task_acc"], "task_acc_final": rec["task_acc_final"],
                   "cls_acc": rec["cls_acc"], "task_classes": data.task_classes,
                   "memory_class_counts": rec["memory_class_counts"], "epochs": rec["epochs"],
-                  "phase_time_s": rec["phase_time_s"], "phase_samples": rec["phase_samples"], "wall_time_s": time.perf_counter() - start,
+                  "phase_time_s": rec["phase_time_s"], "phase_samples": rec["phase_samples"], "wall_time_s": wall_before + time.perf_counter() - start,
                   "device": str(device),
                   "notes": {"task_acc": "best test accuracy over the epochs of each task's final training call "
                                         "(public code protocol; model selection on the test set)",
                             "task_acc_final": "test accuracy of the model at the end of each task",
                             "units": "percent"}}
+        if cfg.eval_period:
+            result["anytime"] = method.anytime
+            result["A_auc"] = metrics.a_auc([p["acc"] for p in method.anytime])
+            result["notes"]["anytime"] = (f"accuracy on the test samples of the exposed classes every {cfg.eval_period} "
+                                          "stream samples of the online stream pass; A_auc = their mean")
+            log.info("A_auc %.2f over %d anytime evaluations", result["A_auc"], len(method.anytime))
         if cfg.eval_epochs == "last_task":
             result["notes"]["eval_epochs"] = ("last_task: before the final task only the last epoch of each training "
                                               "call was evaluated, so task_acc of earlier tasks is their final-model "
                                               "accuracy; A_last and A_last_final are as with 'all'")
+        tb.log_hparams(writer, config, {k: v for k, v in result.items() if k.startswith(("A_", "F_", "I_"))})
         write_npy(out / "results" / cfg.dataset / f"{run_name}.npy", rec["task_acc"])
         write_json(out / "results" / cfg.dataset / f"{run_name}.json", result)
         log.info("A_last %.2f | A_avg %.2f | F_last %.2f | I_last %.2f | A_last_final %.2f | wall %.1f s",
                  summary["A_last"], summary["A_avg"], summary["F_last"], summary["I_last"],
                  summary["A_last_final"], result["wall_time_s"])
         log.info("results: %s", out / "results" / cfg.dataset / f"{run_name}.json")
+        ckpt.unlink(missing_ok=True)  # the results are final; the checkpoint is not needed any more
     finally:
         writer.close()
         close_logging()
+        if lock is not None:
+            lock.unlink(missing_ok=True)
     return 0
 
 

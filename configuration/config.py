@@ -69,12 +69,18 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
           help="evaluate after every epoch (the protocol), or per epoch only in the final task and once at the end "
                "of each earlier training call: A_last and A_last_final are unchanged, earlier tasks' best-epoch "
                "accuracy becomes their final-model accuracy")
+    a("--eval_period", type=int, default=0, metavar="N",
+          help="anytime accuracy: also evaluate every N stream samples of the online stream pass, on the test "
+               "samples of the classes exposed so far; records the curve and A_auc (0 = off, the paper's protocol)")
     a("--debug", action="store_true", help="at most 2560 train and test samples per task")
     a("--collections_dir", help="read split files in the paper's format from DIR instead of generating them")
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a("--out_dir", default=".", help="root of logs/, results/, tensorboard/ and collections/")
     a("--run_name", help="name of this run's outputs (default: built from the settings)")
+    a("--resume", action="store_true",
+          help="continue the run of this name (--run_name or the default) after its last finished task; "
+               "does nothing when it already finished")
     a("--no_cache", action="store_true", help="do not read or write the decoded-image cache")
     return p
 
@@ -97,6 +103,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         (args.n_epoch < 1, f"--n_epoch must be >= 1 (got {args.n_epoch})"),
         (not args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
         (args.topk < 1, f"--topk must be >= 1 (got {args.topk})"),
+        (args.eval_period < 0, f"--eval_period must be >= 0 (got {args.eval_period})"),
     ]
     for bad, msg in checks:
         if bad:

@@ -3,6 +3,7 @@ after_task, evaluate) and the shared epoch loop with the public code's LR warm s
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ logger = logging.getLogger("rm")
 
 EVAL_BATCH = 1024
 AUG_CHUNK = 4096
+
+
+class DivergedError(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, task_id: int, phase: str, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss {loss} in task {task_id}, {phase} epoch {epoch + 1}")
+        self.task_id = task_id
 
 
 @dataclass
@@ -86,6 +95,11 @@ class Method:
         self.scheduler = None
         self.eval_time = 0.0
         self.last_task = True  # the driver sets it per task (False before the final task)
+        self.task_id = 0
+        self.phase = ""
+        self.epoch = 0
+        self.stream_seen = 0  # stream samples trained on so far (anytime evaluation)
+        self.anytime: list[dict] = []  # {"task", "samples", "acc"} every --eval_period stream samples
         self.samples: dict[str, int] = {}  # samples processed per phase (for benchmarks)
 
     # ----------------------------------------------------------------- model
@@ -102,6 +116,7 @@ class Method:
     def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
         """Grow the exposed classes, replace the head (public code: fresh nn.Linear with bias),
         reset optimizer and scheduler."""
+        self.task_id = task_id
         self.stream = stream[torch.randperm(len(stream), device=self.device)]
         self.test_idx = test_idx
         incoming = torch.unique(self.data.train_labels[stream]).tolist()
@@ -165,7 +180,9 @@ class Method:
 
     def fit(self, task_id: int, n_epoch: int, phase: str) -> FitResult:
         res = FitResult(best_acc=0.0)
+        self.phase = phase
         for epoch in range(n_epoch):
+            self.epoch = epoch
             self.set_epoch_lr(epoch)
             batches = self.epoch_batches(phase)
             self._count(phase, sum(len(b) for b in batches))
@@ -213,6 +230,8 @@ class Method:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_seen = 0
         imgs, labels = self.data.train.images, self.data.train_labels
+        anytime = self.anytime_hook(batches)
+        k = 0
         bar = tqdm(total=len(batches), desc="train", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
         i = 0
         while i < len(batches):
@@ -231,10 +250,49 @@ class Method:
                 correct += (logits.detach().argmax(1) == y).sum()
                 n_seen += s
                 o += s
+                if anytime is not None:
+                    anytime(k)
+                k += 1
             bar.update(j - i)
             i = j
         bar.close()
-        return total_loss.item() / len(batches), 100.0 * correct.item() / max(n_seen, 1)
+        loss = total_loss.item() / len(batches)  # the epoch's one host sync
+        if not math.isfinite(loss):
+            raise DivergedError(self.task_id, self.phase, self.epoch, loss)
+        return loss, 100.0 * correct.item() / max(n_seen, 1)
+
+    def anytime_hook(self, batches: list[torch.Tensor]):
+        """With --eval_period N, during the online stream pass: a callback after each batch that
+        evaluates the model every N stream samples trained on (anytime accuracy, on the test
+        samples of the classes exposed so far). Stream counts: one host sync per pass."""
+        period = getattr(self.cfg, "eval_period", 0) or 0
+        if self.phase != "stream" or period <= 0 or not batches:
+            return None
+        is_stream = torch.zeros(len(self.data.train_labels), dtype=torch.bool, device=self.device)
+        is_stream[self.stream] = True
+        cum = torch.stack([is_stream[b].sum() for b in batches]).cumsum(0).tolist()
+        start = self.stream_seen
+        exposed = torch.tensor(sorted(self.exposed), device=self.device)
+        test = self.test_idx[torch.isin(self.data.test_labels[self.test_idx], exposed)]
+
+        def after_batch(k: int) -> None:
+            before, seen = start + (cum[k - 1] if k else 0), start + cum[k]
+            if seen // period > before // period:
+                t0 = time.perf_counter()
+                acc = self.anytime_accuracy(test)
+                self.eval_time += time.perf_counter() - t0
+                self._count("evaluation", len(test))
+                self.anytime.append({"task": self.task_id, "samples": seen, "acc": acc})
+                if self.writer is not None:
+                    self.writer.add_scalar("Metrics/AnytimeAcc", acc, seen)
+            if k == len(batches) - 1:
+                self.stream_seen = seen
+        return after_batch
+
+    def anytime_accuracy(self, test_idx: torch.Tensor) -> float:
+        acc = self.evaluate(test_idx)["avg_acc"]
+        self.model.train()
+        return acc
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)

@@ -134,8 +134,10 @@ class ICaRL(Method):
         the nearest mean of exemplars: the public train() evaluates only at its end."""
         pool = self.memory.indices if phase == "memory" else torch.cat([self.stream, self.memory.indices])
         self.store_targets(pool)
+        self.phase = phase
         res = FitResult(best_acc=0.0)
         for epoch in range(n_epoch):
+            self.epoch = epoch
             self.set_epoch_lr(epoch)
             batches = self.epoch_batches(phase)
             self._count(phase, sum(len(b) for b in batches))
@@ -158,6 +160,13 @@ class ICaRL(Method):
         return res
 
     # ----------------------------------------------------------------- evaluation
+    def anytime_accuracy(self, test_idx: torch.Tensor) -> float:
+        """Nearest-mean accuracy with the class means of this moment (not kept afterwards)."""
+        self.means = None
+        acc = super().anytime_accuracy(test_idx)
+        self.means = None
+        return acc
+
     @torch.no_grad()
     def exemplar_means(self) -> torch.Tensor:
         """Normalised mean of the normalised features of each class's exemplars (zeros if none)."""

@@ -6,6 +6,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by ``c`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, c: float) -> torch.Tensor:
+        ctx.c = c
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return g * ctx.c, None
+
+
 class FCBlock(nn.Module):
     """Bias-free linear layer, BatchNorm1d (eps 1e-6) and ReLU, as the public code's FCBlock."""
 
@@ -67,13 +80,14 @@ class MLP(nn.Module):
         SGD exactly with gradient C*g. The parameter is W_eff; a hook scales its gradient by C.
         Forward pass and training trajectory equal the C-channel model's; the optimizer and
         the first layer touch a C-th of the memory. Only valid for SGD (Adam is not linear).
+        The scaling is an autograd function in the forward pass (not a tensor hook), so it
+        survives pickling (checkpoints) and deep copies.
         """
         w = self.input.lin.weight.detach()
         c = self.in_channels
         folded = w.view(w.shape[0], c, -1).sum(1).clone()
         lin = nn.Linear(folded.shape[1], folded.shape[0], bias=False)
         lin.weight = nn.Parameter(folded)
-        lin.weight.register_hook(lambda g: g * c)
         self.input.lin = lin
         self.input.in_features = folded.shape[1]
 
@@ -81,7 +95,7 @@ class MLP(nn.Module):
         if self.grey_sgd:
             if x_channels != 1:
                 raise ValueError("a grey-folded mlp400 takes 1-channel input")
-            return None
+            return ScaleGrad.apply(self.input.lin.weight, self.in_channels)
         if x_channels == self.in_channels:
             return None
         if x_channels == 1:

@@ -180,3 +180,21 @@ def test_eval_epochs_last_task_keeps_a_last_and_skips_earlier_evaluations(mnist_
     assert b["phase_samples"]["evaluation"] == (4 * 2 + 4) * n_test
     assert [e["test_acc"] is None for e in b["epochs"][0]] == [True, True, False]
     assert "eval_epochs" in b["notes"]
+
+
+def test_eval_period_records_anytime_accuracy_without_changing_training(mnist_dir, tmp_path):
+    """--eval_period 500: one evaluation each time the stream samples trained on cross a multiple
+    of 500 (batches hold at most 16 stream samples), on the exposed classes; A_auc is their mean;
+    the run's own numbers are those of a run without it."""
+    args = ["--mode", "finetune", "--n_epoch", "1", "--memory_size", "100", "--transforms"]
+    assert run(mnist_dir, tmp_path / "plain", *args, dataset="mnist") == 0
+    assert run(mnist_dir, tmp_path / "any", *args, "--eval_period", "500", dataset="mnist") == 0
+    (a,), (b,) = results(tmp_path / "plain", "mnist"), results(tmp_path / "any", "mnist")
+    assert b["task_acc"] == a["task_acc"] and b["A_last_final"] == a["A_last_final"]
+    curve = b["anytime"]
+    assert len(curve) >= 4 and "anytime" not in a
+    assert [p["samples"] // 500 for p in curve] == list(range(1, len(curve) + 1))
+    assert all(0 <= p["samples"] - 500 * (i + 1) < 16 for i, p in enumerate(curve))
+    assert sorted({p["task"] for p in curve}) == list(range(5))
+    assert b["A_auc"] == pytest.approx(sum(p["acc"] for p in curve) / len(curve))
+    assert all(10 < p["acc"] <= 100 for p in curve)

@@ -33,3 +33,10 @@ def test_a_last_a_avg_i_last():
 
 def test_single_task_has_no_forgetting():
     assert metrics.f_last([[50, 60]], [[0, 1]]) == 0.0
+
+
+def test_a_auc_is_the_mean_of_equally_spaced_anytime_accuracies():
+    from utils.metrics import a_auc
+    # sum_i acc_i * dn / (3 * dn) with dn = 500: (50 + 70 + 90) / 3
+    assert a_auc([50.0, 70.0, 90.0]) == 70.0
+    assert a_auc([]) != a_auc([])  # NaN when nothing was evaluated

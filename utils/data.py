@@ -123,11 +123,15 @@ def decode_split(root: Path, split: str, size: int | None = None) -> ImageSet:
     arrs = []
     quiet = not sys.stderr.isatty()
     for f in tqdm(files, desc=f"decode {root.name}/{split}", disable=quiet, leave=False):
-        a = _decode(root / f, mode, size)
-        if size is None and a.shape[:2] != (first_size[1], first_size[0]):
-            raise DataError(f"image {root / f} is {a.shape[1]}x{a.shape[0]}, others are "
-                            f"{first_size[0]}x{first_size[1]}; pass --input_size to resize")
-        arrs.append(a)
+        arrs.append(_decode(root / f, mode, size))
+    shapes = [a.shape[:2] for a in arrs]
+    if size is None and len(set(shapes)) > 1:
+        common = max(set(shapes), key=shapes.count)
+        odd = [(f, s) for f, s in zip(files, shapes) if s != common]
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        raise DataError(f"images of different sizes in {root / split}: most are {common[1]}x{common[0]}, but image "
+                        f"{root / odd[0][0]} is {odd[0][1][1]}x{odd[0][1][0]}{more}; resize them to one size "
+                        f"or remove them")
     x = np.stack(arrs)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     cls_idx = {c: i for i, c in enumerate(classes)}

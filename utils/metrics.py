@@ -54,6 +54,12 @@ def i_last(joint_acc: float, last_acc: float) -> float:
     return float(joint_acc - last_acc)
 
 
+def a_auc(curve_acc: Sequence[float]) -> float:
+    """Area under the anytime-accuracy curve (CLIB's A_auc = sum_i acc(i * dn) * dn over evaluation
+    points dn samples apart), divided by the span sum_i dn: the mean of the evaluated accuracies."""
+    return float(np.mean(curve_acc)) if len(curve_acc) else float("nan")
+
+
 def summarize(task_acc: Sequence[float], task_acc_final: Sequence[float],
               cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Sequence[int]],
               joint_acc: float = 0.0) -> dict[str, float]:

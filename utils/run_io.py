@@ -36,6 +36,44 @@ def reserve_run(out_dir: Path, dataset: str, base: str) -> tuple[str, Path]:
     raise RuntimeError(f"no free run name for {base}")
 
 
+class RunBusyError(Exception):
+    """Another live process is running this run."""
+
+
+def claim_run(out_dir: Path, dataset: str, name: str) -> Path:
+    """For --resume: take the run's lock file (its PID inside). A lock whose process is gone is
+    stale and taken over; a live one means another process runs it."""
+    lock = out_dir / "logs" / dataset / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise RunBusyError(f"run {name} is being run by process {pid} ({lock}); wait for it, or remove "
+                                   f"the lock if that process is not this run") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    raise RunBusyError(f"could not take the lock {lock}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def setup_logging(log_file: Path | None) -> logging.Logger:
     """Log to the run's file and to stderr (the 'rm' logger)."""
     logger = logging.getLogger("rm")

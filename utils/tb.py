@@ -1,0 +1,79 @@
+"""TensorBoard pictures of a run: the accuracy matrix, the memory's samples and class histogram
+after each task, and the run's hyper-parameters with its final metrics (HParams tab)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from utils.metrics import task_accuracy_matrix
+
+PER_CLASS = 8  # memory samples shown per class
+
+
+def memory_grid(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n_classes: int,
+                per_class: int = PER_CLASS) -> torch.Tensor:
+    """uint8 [C, H', W'] grid: one row per class (up to ``per_class`` of its memory samples, in
+    memory order), empty cells black."""
+    from torchvision.utils import make_grid
+    c, h, w = images.shape[1:]
+    cells = torch.zeros(n_classes * per_class, c, h, w, dtype=torch.uint8)
+    lab = labels[indices].cpu()
+    idx = indices.cpu()
+    for k in range(n_classes):
+        mine = idx[lab == k][:per_class]
+        if len(mine):
+            cells[k * per_class:k * per_class + len(mine)] = images[mine.to(images.device)].cpu()
+    return make_grid(cells, nrow=per_class, padding=1, pad_value=80)
+
+
+def accuracy_figure(cls_acc: list, task_classes: list):
+    """Heat map of M[i, j] = accuracy on task j's classes after task i (a matplotlib figure)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    m = task_accuracy_matrix(cls_acc, task_classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * m.shape[1], 0.8 + 0.5 * m.shape[0]))
+    ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=0, vmax=100)
+    for (i, j), v in np.ndenumerate(m):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 45 else "black")
+    ax.set_xlabel("task j")
+    ax.set_ylabel("after task i")
+    fig.tight_layout()
+    return fig
+
+
+def log_task(writer, method, task_id: int, cls_acc: list, task_classes: list) -> None:
+    """After a task: accuracy matrix so far, a grid of memory samples, the memory class histogram."""
+    if writer is None:
+        return
+    data, mem = method.data, method.memory.indices
+    try:
+        writer.add_figure("Accuracy/matrix", accuracy_figure(cls_acc, task_classes), task_id)
+    except ImportError:  # matplotlib is optional for the run itself
+        pass
+    if len(mem):
+        writer.add_image("Memory/samples", memory_grid(data.train.images, data.train_labels, mem, data.n_classes),
+                         task_id)
+        labels = data.train_labels[mem].cpu().numpy()
+        writer.add_histogram("Memory/class_histogram", labels, task_id, bins=np.arange(data.n_classes + 1) - 0.5)
+    for c, n in enumerate(method.memory.class_counts(data.n_classes)):
+        writer.add_scalar(f"MemoryCount/class_{c}", n, task_id)
+
+
+def hparam_value(v):
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if v is None:
+        return "None"
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def log_hparams(writer, config: dict, summary: dict) -> None:
+    """The run's settings and final metrics in the HParams tab (same run directory)."""
+    if writer is None:
+        return
+    skip = {"out_dir", "data_dir", "run_name", "joint_acc_source"}
+    hp = {k: hparam_value(v) for k, v in config.items() if k not in skip}
+    metrics = {f"hparam/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    writer.add_hparams(hp, metrics, run_name=".")
