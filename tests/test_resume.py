@@ -64,6 +64,23 @@ class Crash(Exception):
     pass
 
 
+def _crash_then_resume(monkeypatch, task: int, argv: list[str], resume_argv: list[str]) -> int:
+    """Run ``argv`` until the start of ``task`` (its checkpoint of task - 1 written), then run
+    ``resume_argv`` (with --resume) in a fresh method; return its exit code."""
+    import methods.base
+    real = methods.base.Method.before_task
+
+    def crash(self, task_id, *a):
+        if task_id == task:
+            raise Crash()
+        return real(self, task_id, *a)
+    monkeypatch.setattr(methods.base.Method, "before_task", crash)
+    with pytest.raises(Crash):
+        rm_main.main(argv)
+    monkeypatch.setattr(methods.base.Method, "before_task", real)
+    return rm_main.main(resume_argv)
+
+
 @pytest.mark.parametrize("mode", ["ewc", "rwalk", "icarl", "bic", "gdumb"])
 def test_every_method_state_survives_a_crash(mnist_dir, tmp_path, monkeypatch, mode):
     """Crash at the start of task 2 (after the checkpoint of task 1), resume in a fresh method:
@@ -71,36 +88,16 @@ def test_every_method_state_survives_a_crash(mnist_dir, tmp_path, monkeypatch, m
     BiC bias layers and held-out set, GDumb's memory)."""
     extra = ["--distilling"] if mode == "bic" else []
     assert rm_main.main(_args(mnist_dir, tmp_path / "whole", mode, "--transforms", *extra)) == 0
-    import methods.base
-    real = methods.base.Method.before_task
-
-    def crash(self, task_id, *a):
-        if task_id == 2:
-            raise Crash()
-        return real(self, task_id, *a)
-    monkeypatch.setattr(methods.base.Method, "before_task", crash)
-    with pytest.raises(Crash):
-        rm_main.main(_args(mnist_dir, tmp_path / "x", mode, "--transforms", *extra))
-    monkeypatch.setattr(methods.base.Method, "before_task", real)
-    assert rm_main.main(_args(mnist_dir, tmp_path / "x", mode, "--transforms", *extra, "--resume")) == 0
+    args = _args(mnist_dir, tmp_path / "x", mode, "--transforms", *extra)
+    assert _crash_then_resume(monkeypatch, 2, args, args + ["--resume"]) == 0
     a, b = _result(tmp_path / "whole"), _result(tmp_path / "x")
     for k in NUMBERS:
         assert a[k] == b[k], k
 
 
 def test_resume_with_other_settings_is_refused(mnist_dir, tmp_path, capsys, monkeypatch):
-    import methods.base
-    real = methods.base.Method.before_task
-
-    def crash(self, task_id, *a):
-        if task_id == 1:
-            raise Crash()
-        return real(self, task_id, *a)
-    monkeypatch.setattr(methods.base.Method, "before_task", crash)
-    with pytest.raises(Crash):
-        rm_main.main(_args(mnist_dir, tmp_path, "finetune", "--transforms"))
-    monkeypatch.setattr(methods.base.Method, "before_task", real)
-    assert rm_main.main(_args(mnist_dir, tmp_path, "finetune", "--transforms", "--lr", "0.1", "--resume")) == 2
+    args = _args(mnist_dir, tmp_path, "finetune", "--transforms")
+    assert _crash_then_resume(monkeypatch, 1, args, args + ["--lr", "0.1", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "lr: 0.05 -> 0.1" in err
     assert not (tmp_path / "results" / "mnist" / "r.json").exists()
