@@ -8,6 +8,7 @@ from configuration.presets import preset_for
 MEM_MANAGERS = ("default", "random", "reservoir", "uncertainty", "prototype", "class_balanced")
 UNCERT_METRICS = ("vr", "vr_randaug", "vr_cutout", "vr_autoaug")
 TRANSFORMS = ("cutmix", "cutout", "randaug", "autoaug")
+MODEL_NAMES = ("mlp400", "resnet18", "resnet32", "resnet34")  # models.MODELS (a test keeps them equal)
 PRESET_KEYS = ("model_name", "n_epoch", "batchsize", "lr", "opt_name", "sched_name", "memory_size",
                "n_tasks", "n_cls_a_task", "n_init_cls", "topk")
 
@@ -40,7 +41,8 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--n_tasks", type=int, help="number of tasks")
     a("--n_cls_a_task", type=int, help="classes per task")
     a("--n_init_cls", type=int, help="initial head size (preset: all classes for blurry, n_cls_a_task for disjoint)")
-    a("--model_name", help="mlp400 (MNIST-sized inputs)")
+    a("--model_name", choices=MODEL_NAMES, help="mlp400 (MNIST), resnet18 (CIFAR-10), resnet32 (CIFAR-100), "
+                                                "resnet34 (ImageNet); preset per dataset")
     a("--in_channels", type=int, choices=[1, 3],
           help="channels the model is defined for; default: 3 for mlp400 (the public code feeds MNIST as RGB, "
                "grey repeated 3 times), else the data's. 1 on grey data trains a true grey model")

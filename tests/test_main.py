@@ -97,6 +97,7 @@ BAD = [
     (["--batchsize", "1"], "batchsize"),
     (["--n_init_cls", "50"], "n_init_cls"),
     (["--in_channels", "2"], "invalid choice"),
+    (["--model_name", "vgg16"], "invalid choice"),
 ]
 
 

@@ -80,7 +80,7 @@ def _heat(ax, m: np.ndarray, title: str, cmap: str, vmin: float, vmax: float) ->
     for (i, j), v in np.ndenumerate(m):
         if not np.isnan(v):
             f = (v - vmin) / max(vmax - vmin, 1e-9)
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{round(v):d}", ha="center", va="center", fontsize=7,
                     color="white" if (f < 0.45 if dark_low else f > 0.55) else "black")
     ax.set_xlabel("task j (its classes)")
     ax.set_ylabel("after task i")

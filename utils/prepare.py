@@ -1,4 +1,4 @@
-"""Prepare MNIST / Fashion-MNIST from IDX files into dataset/<name>/{train,test}/<class>/<index>.png."""
+"""Prepare MNIST-style IDX and CIFAR pickle sets as dataset/<name>/{train,test}/<class>/<index>.png."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +12,15 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from types import ModuleType
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+CIFAR_DATASETS = ("cifar10", "cifar100")  # read by utils.cifar
 SPLITS = ("train", "test")
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -27,6 +29,11 @@ IDX_FILES = {
 # Sample counts of the official files. Enforced by default; relax with expected_counts=None
 # (or a custom mapping) for hand-made IDX sets.
 FULL_COUNTS: Mapping[str, int] = {"train": 60000, "test": 10000}
+OFFICIAL_COUNTS: Mapping[str, Mapping[str, int]] = {
+    "mnist": FULL_COUNTS, "fashion_mnist": FULL_COUNTS,
+    "cifar10": {"train": 50000, "test": 10000}, "cifar100": {"train": 50000, "test": 10000},
+}
+OFFICIAL = "official"  # prepare()'s default expected_counts: OFFICIAL_COUNTS[dataset]
 MAGIC_IMAGES = 0x00000803
 MAGIC_LABELS = 0x00000801
 IMAGE_SHAPE = (28, 28)
@@ -42,7 +49,8 @@ KNOWN_SOURCES = {
     "fashion_mnist": [Path("/usr/share/datasets/fashion-mnist"),
                       REPO_ROOT.parent / "shared" / "datasets" / "fashion_mnist"],
 }
-TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10",
+                     "cifar100": "CIFAR100"}
 CHUNK = 2000  # images per worker task
 
 
@@ -147,39 +155,64 @@ def find_source(dataset: str) -> Optional[Path]:
 
 
 def download(dataset: str, root: Path | str) -> Path:
-    """Download `dataset` with torchvision into `root`; return the folder with its raw IDX files."""
+    """Download `dataset` with torchvision into `root`; return the folder with its raw files.
+
+    MNIST-style: the four IDX files; CIFAR: the extracted python-pickle folder (cifar-10-batches-py/).
+    """
     try:
         from torchvision import datasets as tv
         cls = getattr(tv, TORCHVISION_CLASS[dataset])
-        ds = cls(root=str(root), train=True, download=True)  # fetches all four files
+        ds = cls(root=str(root), train=True, download=True)  # fetches (and checks) all the files
     except Exception as exc:  # network errors come in many types
         local = find_source(dataset)
         hint = f" (a local copy exists: --source {local})" if local else ""
-        raise PrepareError(f"could not download {dataset} with torchvision ({exc}); get the four "
-                           f"IDX files by hand and pass --source DIR{hint}") from exc
+        what = "the four IDX files by hand and pass --source DIR"
+        if dataset in CIFAR_DATASETS:
+            what = f"{_cifar().SPECS[dataset].archive} ({_cifar().URL}) and pass --source FILE"
+        raise PrepareError(f"could not download {dataset} with torchvision ({exc}); get {what}"
+                           f"{hint}") from exc
+    if dataset in CIFAR_DATASETS:
+        return Path(ds.root) / ds.base_folder
     return Path(ds.raw_folder)
+
+
+def _cifar() -> ModuleType:
+    """utils.cifar, imported on use (it imports this module for PrepareError)."""
+    from utils import cifar
+    return cifar
 
 
 # ---------------------------------------------------------------- writing PNGs
 
-def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, np.ndarray]) -> int:
-    """Worker: write one chunk of images as `<split_dir>/<label>/<index>.png`."""
-    split_dir, images, labels, indices = job
+def _folder(label: int, folders: Optional[Sequence[str]]) -> str:
+    """The class folder of `label`: folders[label], or the label number without folders."""
+    return str(int(label)) if folders is None else folders[int(label)]
+
+
+def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, np.ndarray, Optional[Sequence[str]]]) -> int:
+    """Worker: write one chunk of images as `<split_dir>/<class folder>/<index>.png`."""
+    split_dir, images, labels, indices, folders = job
     for img, lbl, idx in zip(images, labels, indices):
-        Image.fromarray(img).save(os.path.join(split_dir, str(int(lbl)), f"{int(idx)}.png"),
+        Image.fromarray(img).save(os.path.join(split_dir, _folder(lbl, folders), f"{int(idx)}.png"),
                                   format="PNG")
     return len(indices)
 
 
 def write_image_folder(images: np.ndarray, labels: np.ndarray, out_dir: Path | str, split: str,
-                       indices: Sequence[int], workers: int = 2) -> int:
-    """Write images[i] (label labels[i]) to out_dir/split/<label>/<indices[i]>.png; return the count."""
+                       indices: Sequence[int], workers: int = 2,
+                       folders: Optional[Sequence[str]] = None) -> int:
+    """Write images[i] to out_dir/split/<folder>/<indices[i]>.png; return the count.
+
+    images: [N,H,W] (grayscale) or [N,H,W,3] (RGB) uint8; <folder>: folders[labels[i]], by default
+    the label number.
+    """
     from tqdm import tqdm
     split_dir = Path(out_dir) / split
     for label in np.unique(labels):
-        (split_dir / str(int(label))).mkdir(parents=True, exist_ok=True)
+        (split_dir / _folder(label, folders)).mkdir(parents=True, exist_ok=True)
     indices = np.asarray(indices)
-    jobs = [(str(split_dir), images[s:s + CHUNK], labels[s:s + CHUNK], indices[s:s + CHUNK])
+    folders = None if folders is None else tuple(folders)
+    jobs = [(str(split_dir), images[s:s + CHUNK], labels[s:s + CHUNK], indices[s:s + CHUNK], folders)
             for s in range(0, len(indices), CHUNK)]
     bar = tqdm(total=len(indices), desc=split, unit="img", disable=not sys.stderr.isatty())
     with bar:
@@ -203,9 +236,9 @@ def select_per_class(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray
     return np.sort(np.concatenate(keep)) if keep else np.arange(0)
 
 
-def _class_counts(labels: np.ndarray) -> dict[str, int]:
+def _class_counts(labels: np.ndarray, folders: Optional[Sequence[str]] = None) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+    return {_folder(v, folders): int(c) for v, c in zip(values, counts)}
 
 
 def _settings(dataset: str, per_class: Optional[int]) -> dict:
@@ -224,17 +257,34 @@ def _existing_state(target: Path, settings: dict) -> str:
     return "same" if same else "other"
 
 
+SplitReader = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+def _open_source(dataset: str, source: Path, expected_counts: Optional[Mapping[str, int]]
+                 ) -> tuple[list[str], Optional[list[str]], SplitReader]:
+    """Class names, class folder names (None: the label number) and a reader of each split."""
+    if dataset in CIFAR_DATASETS:
+        names, splits = _cifar().read_cifar(dataset, source, expected_counts)
+        return names, names, splits.__getitem__
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        expected = None if expected_counts is None else expected_counts.get(split)
+        return read_split(source, split, expected)
+    return CLASS_NAMES[dataset], None, read
+
+
 def _build(tmp: Path, dataset: str, source: Path, per_class: Optional[int],
            expected_counts: Optional[Mapping[str, int]], workers: int) -> dict:
     """Write the image folder, classes.json and prepared.json (last) into `tmp`."""
+    class_names, folders, read = _open_source(dataset, source, expected_counts)
     counts = {}
     for split in SPLITS:
-        expected = None if expected_counts is None else expected_counts.get(split)
-        images, labels = read_split(source, split, expected)
+        images, labels = read(split)
         keep = select_per_class(labels, per_class)
-        write_image_folder(images[keep], labels[keep], tmp, split, keep, workers=workers)
-        counts[split] = _class_counts(labels[keep])
-    names = {str(i): n for i, n in enumerate(CLASS_NAMES[dataset])}
+        named = {} if folders is None else {"folders": folders}
+        write_image_folder(images[keep], labels[keep], tmp, split, keep, workers=workers, **named)
+        counts[split] = _class_counts(labels[keep], folders)
+    names = {str(i): n for i, n in enumerate(class_names)}
     (tmp / "classes.json").write_text(json.dumps(names, indent=1) + "\n")
     meta = {**_settings(dataset, per_class), "source": str(source), "counts": counts,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -254,24 +304,30 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 def _resolve_source(dataset: str, source: Optional[Path | str], download_root: Path) -> Path:
     if source is not None:
-        if not Path(source).is_dir():
+        if dataset not in CIFAR_DATASETS and not Path(source).is_dir():
             raise PrepareError(f"{source}: source folder not found; pass the folder holding the "
                                "four IDX files")
-        return Path(source)
+        return Path(source)  # CIFAR: an archive or a folder, checked by utils.cifar.locate
     return download(dataset, download_root)
 
 
 def prepare(dataset: str, source: Optional[Path | str] = None, data_dir: Path | str = "dataset",
             per_class: Optional[int] = None, force: bool = False,
-            expected_counts: Optional[Mapping[str, int]] = FULL_COUNTS,
+            expected_counts: Optional[Mapping[str, int] | str] = OFFICIAL,
             workers: int = 2) -> Path:
     """Prepare `dataset` into data_dir/<dataset>; return that folder.
 
-    expected_counts: sample counts per split the source files must hold (default: the official
-    60000/10000, checked on the full files before any --per_class selection); None skips it.
+    source: MNIST-style, the folder with the four IDX files; CIFAR, the python archive
+    (cifar-10-python.tar.gz), its extracted folder (cifar-10-batches-py/) or a folder holding either.
+    None downloads with torchvision.
+    expected_counts: sample counts per split the source files must hold (default OFFICIAL: 60000/10000
+    for MNIST, 50000/10000 for CIFAR, checked on the full files before any --per_class selection);
+    None skips it.
     """
     if dataset not in DATASETS:
         raise PrepareError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if isinstance(expected_counts, str):
+        expected_counts = OFFICIAL_COUNTS[dataset]
     if per_class is not None and per_class < 1:
         raise PrepareError(f"--per_class must be at least 1, got {per_class}")
     data_dir = Path(data_dir)
@@ -308,13 +364,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m utils.prepare", description=__doc__)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--source", default=None,
-                   help="folder with the four IDX files (plain or .gz); default: download")
+                   help="MNIST-style: folder with the four IDX files (plain or .gz); CIFAR: "
+                        "cifar-10(0)-python.tar.gz, its extracted folder, or a folder holding "
+                        "either; default: download")
     p.add_argument("--data_dir", default="dataset")
     p.add_argument("--per_class", type=int, default=None,
                    help="keep only the first N samples of each class (quick trials)")
     p.add_argument("--force", action="store_true", help="replace an existing, different folder")
     p.add_argument("--no_count_check", action="store_true",
-                   help="do not require the official 60000/10000 samples (custom IDX sets)")
+                   help="do not require the official 60000/10000 (CIFAR: 50000/10000) samples "
+                        "(custom sets)")
     p.add_argument("--workers", type=int, default=2)
     return p.parse_args(argv)
 
@@ -324,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         prepare(args.dataset, args.source, args.data_dir, args.per_class, args.force,
-                expected_counts=None if args.no_count_check else FULL_COUNTS,
+                expected_counts=None if args.no_count_check else OFFICIAL,
                 workers=args.workers)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -333,4 +392,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable utils.prepare, not this __main__ copy: utils.cifar raises *its* PrepareError.
+    from utils.prepare import main as _main
+    sys.exit(_main())

@@ -36,7 +36,7 @@ def accuracy_figure(cls_acc: list, task_classes: list):
     ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=0, vmax=100)
     for (i, j), v in np.ndenumerate(m):
         if not np.isnan(v):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 45 else "black")
+            ax.text(j, i, f"{round(v):d}", ha="center", va="center", fontsize=7, color="white" if v < 45 else "black")
     ax.set_xlabel("task j")
     ax.set_ylabel("after task i")
     fig.tight_layout()
