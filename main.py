@@ -16,7 +16,8 @@ from methods import build_method, get_method_class, method_names
 from methods.base import DivergedError
 from utils import checkpoint, metrics, tb
 from utils.checkpoint import checkpoint_path
-from utils.data import STATS, DataError, RunData, dataset_missing_message, load_split, resolve_device
+from utils.data import (STATS, DataError, RunData, dataset_missing_message, default_budget_bytes, fmt_bytes,
+                        fmt_floats, load_split, resolve_device)
 from utils.runtime import tune_allocator
 from utils.run_io import (RunBusyError, claim_run, close_logging, default_run_name, reserve_run, setup_logging,
                           write_json, write_npy)
@@ -42,11 +43,23 @@ def prepare_run(cfg):
     root = Path(cfg.data_dir) / cfg.dataset
     if not (root / "train").is_dir():
         raise DataError(dataset_missing_message(root, cfg.dataset))
-    train = load_split(root, "train", use_cache=not cfg.no_cache)
+    if cfg.input_size is not None and cfg.input_size < 1:
+        raise ConfigError(f"--input_size must be >= 1 (got {cfg.input_size})")
+    if cfg.data_budget_gb is not None and not cfg.data_budget_gb >= 0:
+        raise ConfigError(f"--data_budget_gb must be >= 0 (got {cfg.data_budget_gb})")
+    budget, budget_source = default_budget_bytes(device, cfg.data_budget_gb)
+    table = STATS.get(cfg.dataset)
+    load = dict(size=cfg.input_size, use_cache=not cfg.no_cache, n_workers=cfg.n_worker)
+    train = load_split(root, "train", budget=budget, derive_stats=table is None, **load)
     test_split = "test" if (root / "test").is_dir() else "val"
-    test = load_split(root, test_split, use_cache=not cfg.no_cache)
+    # the test split gets what the training split left of the budget
+    test = load_split(root, test_split, budget=max(0, budget - (0 if train.streaming else train.nbytes)), **load)
     if train.classes != test.classes:
         raise DataError(f"{root}: train and {test_split} class folders differ")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"{root}: train images are {'x'.join(map(str, train.images.shape[1:]))} (CxHxW) but "
+                        f"{test_split} images are {'x'.join(map(str, test.images.shape[1:]))}; give --input_size N "
+                        f"to resize both to N x N")
     n_classes = len(train.classes)
     if cfg.collections_dir:
         tr_tasks, te_tasks = read_collection(Path(cfg.collections_dir), cfg.dataset, cfg.exp_name, cfg.rnd_seed,
@@ -73,13 +86,21 @@ def prepare_run(cfg):
     elif cfg.in_channels != data_ch and not (data_ch == 1 and cfg.in_channels == 3):
         raise ConfigError(f"--in_channels {cfg.in_channels} does not fit {cfg.dataset}'s {data_ch}-channel images "
                           f"(grey images may feed a 3-channel model, not the reverse)")
-    mean, std, _ = STATS.get(cfg.dataset, (None, None, None))
-    if mean is None:
-        x = train.images.float() / 255
-        mean = tuple(x.mean((0, 2, 3)).tolist())
-        std = tuple(x.std((0, 2, 3)).tolist())
+    side = train.images.shape[-1]
+    if table is None:
+        mean, std = train.mean, train.std
+        cached = "" if cfg.no_cache else f" (cached in {root / '.cache'})"
+        stats = (f"derived from the training images{cached}: "
+                 f"{data_ch} channel(s), input size {side}, mean {fmt_floats(mean)}, std {fmt_floats(std)}")
+    else:
+        mean, std, table_side = table
+        stats = f"{cfg.dataset}'s table: mean {fmt_floats(mean)}, std {fmt_floats(std)}; input size {side}"
+        if cfg.input_size is None and side != table_side:
+            stats += f" (the table's is {table_side}; --input_size {table_side} resizes to it)"
+    info = (f"{train.info}; {test.info}; budget {fmt_bytes(budget)} ({budget_source}); "
+            f"{'resized to' if cfg.input_size else 'images'} {side}x{side}; mean/std {stats}")
     data = RunData(train.to(device), test.to(device), streams.train_labels.to(device), streams.test_labels.to(device),
-                   tuple(mean), tuple(std), n_classes, streams.task_classes)
+                   tuple(mean), tuple(std), n_classes, streams.task_classes, info)
     tasks = [(a.to(device), b.to(device)) for a, b in zip(streams.train, streams.test)]
     if getattr(get_method_class(cfg.mode), "single_task", False):
         tasks = [(torch.cat([a for a, _ in tasks]), torch.cat([b for _, b in tasks]))]
@@ -204,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     config = dict(vars(cfg), run_name=run_name, device_resolved=str(device))
     write_json(out / "logs" / cfg.dataset / f"{run_name}.config.json", config)
     log.info("Run %s on %s | config %s", run_name, device, json.dumps(config))
+    log.info("Data: %s", data.info)
     if cfg.resume:
         log.info("--resume: %s", f"continuing after task {state['task']} from {ckpt}" if state else
                  f"no checkpoint in {ckpt}: starting from the first task")

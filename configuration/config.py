@@ -52,7 +52,8 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--lr", type=float)
     a("--batchsize", type=int)
     a("--n_epoch", type=int, help="epochs of each training call (online: epochs over the memory)")
-    a("--n_worker", type=int, default=0, help="accepted for compatibility (data is decoded once, no loader workers)")
+    a("--n_worker", type=int, default=0,
+          help="decoding processes of a streamed split (see --data_budget_gb); 0 = one per CPU core, at most 8")
     a("--transforms", nargs="*", default=["cutmix", "autoaug"], choices=TRANSFORMS,
           help="train augmentations; give the flag with no value for none")
     a("--uncert_metric", default="vr_randaug", choices=UNCERT_METRICS)
@@ -84,6 +85,13 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
           help="continue the run of this name (--run_name or the default) after its last finished task; "
                "does nothing when it already finished")
     a("--no_cache", action="store_true", help="do not read or write the decoded-image cache")
+    a("--input_size", type=int, metavar="N",
+          help="resize every image to N x N (bilinear, antialiased); default: the images' own size, which must be "
+               "the same for all (the table's size for mnist, cifar10, ...; else the first image's)")
+    a("--data_budget_gb", type=float, metavar="X",
+          help="a split whose decoded pixels (N*C*H*W bytes) exceed X GB is streamed from disk in worker processes "
+               "instead of held in memory; default: 4 without a GPU, 50%% of the free GPU memory on CUDA; "
+               "0 streams every split")
     return p
 
 

@@ -163,3 +163,20 @@ def test_truncated_idx_file_is_refused_by_prepare(tmp_path, capsys):
     assert prepare.main(["--dataset", "mnist", "--source", str(src), "--data_dir", str(tmp_path / "d")]) == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
     assert not (tmp_path / "d" / "mnist").exists()
+
+
+def test_blurry_run_with_a_small_head_counts_unseen_classes_as_wrong(tiny, tmp_path):
+    """blurry10 on 4 images per class: task 0's stream does not reach every class, so its head is
+    smaller than the 10 classes of the blurry test set; those classes count as wrong (this used
+    to crash the evaluation loss)."""
+    out = tmp_path / "out"
+    assert rm_main.main(["--dataset", "mnist", "--data_dir", str(tiny / "data"), "--out_dir", str(out), "--device",
+                         "cpu", "--mode", "finetune", "--memory_size", "10", "--exp_name", "blurry10",
+                         "--n_init_cls", "2", "--n_epoch", "1", "--no_cache", "--transforms"]) == 0
+    (res,) = [json.loads(p.read_text()) for p in (out / "results" / "mnist").glob("*.json")]
+    import re
+    log = next((out / "logs" / "mnist").glob("*.log")).read_text()
+    head = int(re.search(r"Task 0: .* head (\d+) outputs", log).group(1))
+    assert head < 10
+    assert all(res["cls_acc"][0][c] == 0.0 for c in range(head, 10))
+    assert res["epochs"][0][-1]["test_loss"] is not None

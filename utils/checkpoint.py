@@ -13,7 +13,7 @@ import torch
 NOT_SAVED = ("cfg", "data", "device", "writer")
 # settings that may differ between the interrupted run and its resumption
 FREE_KEYS = {"resume", "run_name", "device", "device_resolved", "out_dir", "data_dir", "joint_acc_source",
-             "mem_manage_resolved", "no_cache", "n_worker"}
+             "mem_manage_resolved", "no_cache", "n_worker", "data_budget_gb"}
 
 
 class CheckpointError(Exception):

@@ -1,0 +1,273 @@
+"""Splits over the data budget: images decoded from disk on demand, in worker processes.
+
+``StreamingImages`` stands in for the uint8 tensor [N, C, H, W] of an in-memory split, with what
+the methods use of it: ``images[idx]`` (idx a LongTensor of dataset indices on any device, an int,
+a list, a slice or a bool mask) gives the uint8 batch [len(idx), C, H, W] on the bound device, in
+idx order; ``.shape``, ``len()``, ``.dtype``, ``.device``; ``.to(device)`` binds it to a device and
+returns it. Pixels are those of the in-memory path to the byte (the same decoder,
+utils.data.decode_file).
+
+How a batch is served: its distinct indices are looked up in an LRU cache of decoded images (so
+a batch read twice, as evaluation does, or a small memory read every epoch, is decoded once);
+the missing ones are decoded in chunks by a shared pool of worker processes (spawned, one torch
+thread each) while the parent waits; the batch is assembled in pinned memory when the device is
+CUDA and copied to the GPU asynchronously. A corrupt image raises the project's DataError naming
+the file when a batch first needs it.
+
+The workers are spawned (not forked: the parent may hold CUDA and OpenMP state), so a script that
+calls main.main() itself needs the usual ``if __name__ == "__main__":`` guard.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import multiprocessing as mp
+import os
+import sys
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from utils.data import DataError, decode_file, mean_std, size_mismatch_error
+
+DEFAULT_CACHE_BYTES = 256 << 20  # LRU of decoded images per split
+MAX_CHUNK = 64  # images per worker task
+MAX_AUTO_WORKERS = 8
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+
+
+def pool_size(n_workers: int) -> int:
+    """--n_worker, or (0) one process per CPU core up to 8."""
+    return n_workers if n_workers > 0 else max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def get_pool(n_workers: int) -> ProcessPoolExecutor:
+    """The process pool of this size, started on first use and shared by every split of the
+    process (spawned: safe after CUDA and OpenMP are initialised in the parent)."""
+    n = pool_size(n_workers)
+    pool = _pools.get(n)
+    if pool is None:
+        pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        _pools[n] = pool
+    return pool
+
+
+def shutdown_pools() -> None:
+    while _pools:
+        _, pool = _pools.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown_pools)
+
+
+def _results(futures: list, n_workers: int):
+    """The futures' results in order; on any error the rest are cancelled, and a pool whose
+    worker died is dropped (the next use starts a fresh one)."""
+    try:
+        for fut in futures:
+            yield fut.result()
+    except BrokenProcessPool as e:
+        _pools.pop(pool_size(n_workers), None)
+        raise RuntimeError(f"a worker process decoding images died ({e}); out of memory? Lower --n_worker") from e
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
+def _chunks(items: list, n_workers: int) -> list[list]:
+    """About 4 chunks per worker, at most MAX_CHUNK items each."""
+    if not items:
+        return []
+    size = max(1, min(MAX_CHUNK, math.ceil(len(items) / (4 * pool_size(n_workers)))))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+# ----------------------------------------------------------------------------- worker tasks
+def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw: tuple[int, int, int]) -> np.ndarray:
+    """Decoded images uint8 [k, C, H, W]; an image of another size is a DataError."""
+    out = np.empty((len(files), *chw), dtype=np.uint8)
+    for i, f in enumerate(files):
+        x = decode_file(Path(root) / f, mode, size)
+        if tuple(x.shape) != tuple(chw):
+            raise DataError(f"image {Path(root) / f} is {x.shape[2]}x{x.shape[1]} but the images of its split are "
+                            f"{chw[2]}x{chw[1]}; resize it, remove it, or give --input_size N")
+        out[i] = x.numpy()
+    return out
+
+
+def _scan_chunk(root: str, files: list[str], mode: str, size: int | None, stats: bool) -> dict:
+    """(H, W) of each image: from the header alone, or (``stats``) decoded, with exact
+    per-channel sums of the pixels and of their squares."""
+    if not stats:
+        shapes = []
+        for f in files:
+            try:
+                with Image.open(Path(root) / f) as im:
+                    w, h = im.size
+            except Exception as e:
+                raise DataError(f"cannot read image {Path(root) / f}: {e.__class__.__name__}: {e}. "
+                                "Re-create it (re-run utils.prepare) or remove it.") from None
+            shapes.append((h, w))
+        return {"shapes": shapes}
+    shapes, s1, s2 = [], None, None
+    for f in files:
+        x = decode_file(Path(root) / f, mode, size).to(torch.int64)
+        shapes.append(tuple(x.shape[1:]))
+        a, b = x.sum((1, 2)).tolist(), (x * x).sum((1, 2)).tolist()
+        s1 = a if s1 is None else [u + v for u, v in zip(s1, a)]
+        s2 = b if s2 is None else [u + v for u, v in zip(s2, b)]
+    return {"shapes": shapes, "s1": s1, "s2": s2}
+
+
+def scan_split(root: Path, split: str, files: list[str], mode: str, size: int | None, stats: bool,
+               n_workers: int = 0) -> dict:
+    """One pass over a streamed split in the worker pool before training: every image's size
+    must agree (unless ``size`` resizes them all; header only), and with ``stats`` every image is
+    decoded for the per-channel mean/std. Returns {"mean", "std"} (with ``stats``) and "checked"."""
+    pool = get_pool(n_workers)
+    chunks = _chunks(files, n_workers)
+    futures = [pool.submit(_scan_chunk, str(root), c, mode, size, stats) for c in chunks]
+    shapes: list[tuple[int, int]] = []
+    s1 = s2 = None
+    bar = tqdm(total=len(files), desc=f"scan {root.name}/{split}", disable=not sys.stderr.isatty(), leave=False)
+    for c, r in zip(chunks, _results(futures, n_workers)):
+        shapes += [tuple(s) for s in r["shapes"]]
+        if stats:
+            s1 = r["s1"] if s1 is None else [u + v for u, v in zip(s1, r["s1"])]
+            s2 = r["s2"] if s2 is None else [u + v for u, v in zip(s2, r["s2"])]
+        bar.update(len(c))
+    bar.close()
+    if size is None:
+        err = size_mismatch_error(root, split, files, shapes)
+        if err is not None:
+            raise err
+    out: dict = {"checked": "decoded" if stats else "headers"}
+    if stats:
+        h, w = shapes[0]
+        out["mean"], out["std"] = mean_std(s1, s2, len(files) * h * w)
+    return out
+
+
+# ----------------------------------------------------------------------------- the tensor stand-in
+class StreamingImages:
+    """uint8 [N, C, H, W] images of one split, decoded from disk when indexed (see the module doc)."""
+
+    dtype = torch.uint8
+    ndim = 4
+
+    def __init__(self, root: Path, files: list[str], mode: str, size: int | None, shape: tuple[int, int, int, int],
+                 n_workers: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root = str(root)
+        self.files = list(files)
+        self.mode = mode
+        self.resize_to = size
+        self.shape = torch.Size(shape)
+        if self.shape[0] != len(self.files):
+            raise ValueError(f"shape {tuple(shape)} does not fit {len(self.files)} files")
+        self.n_workers = n_workers
+        self.device = torch.device("cpu")
+        self.cache_items = cache_bytes // max(1, math.prod(self.shape[1:]))
+        self._lru: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.decoded = 0  # images decoded so far (cache misses)
+        self.served = 0  # images returned so far
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"StreamingImages({self.root}, shape={tuple(self.shape)}, device={self.device}, "
+                f"cached={len(self._lru)}/{self.cache_items})")
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def to(self, device, non_blocking: bool = False) -> "StreamingImages":
+        """Bind to ``device`` (batches are returned there); returns itself."""
+        self.device = torch.device(device)
+        return self
+
+    # ------------------------------------------------------------------ indexing
+    def _flat_indices(self, idx) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Indices as a CPU long vector, and the leading shape of the result."""
+        n = len(self)
+        if isinstance(idx, slice):
+            return torch.arange(n)[idx], (len(range(*idx.indices(n))),)
+        if isinstance(idx, (int, np.integer)):
+            t = torch.tensor(int(idx))
+        else:
+            t = torch.as_tensor(idx)
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.dtype == torch.bool:
+            if t.shape != (n,):
+                raise IndexError(f"boolean index of shape {tuple(t.shape)} does not match {n} images")
+            t = t.nonzero().flatten()
+        elif t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            if t.numel() == 0:  # e.g. torch.tensor([]) is float
+                t = t.long()
+            else:
+                raise IndexError(f"images can only be indexed by integer or boolean tensors, not {t.dtype}")
+        lead = tuple(t.shape)
+        t = t.reshape(-1).long()
+        if t.numel():
+            lo, hi = int(t.min()), int(t.max())
+            if lo < -n or hi >= n:
+                bad = hi if hi >= n else lo
+                raise IndexError(f"index {bad} is out of bounds for dimension 0 with size {n}")
+            if lo < 0:
+                t = torch.where(t < 0, t + n, t)
+        return t, lead
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        flat, lead = self._flat_indices(idx)
+        pin = self.device.type == "cuda"
+        out = torch.empty((len(flat), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        if len(flat):
+            uniq, inverse = torch.unique(flat, return_inverse=True)
+            torch.index_select(self._fetch(uniq.tolist()), 0, inverse, out=out)
+        self.served += len(flat)
+        out = out.view(*lead, *self.shape[1:])
+        if self.device.type == "cpu":
+            return out
+        return out.to(self.device, non_blocking=pin)
+
+    def _fetch(self, keys: list[int]) -> torch.Tensor:
+        """Decoded images of distinct indices ``keys`` (CPU, in that order): LRU hits copied,
+        the rest decoded in the worker pool."""
+        rows = torch.empty((len(keys), *self.shape[1:]), dtype=torch.uint8)
+        missing: list[int] = []
+        for j, k in enumerate(keys):
+            hit = self._lru.get(k)
+            if hit is None:
+                missing.append(j)
+            else:
+                self._lru.move_to_end(k)
+                rows[j] = hit
+        if not missing:
+            return rows
+        pool = get_pool(self.n_workers)
+        chunks = _chunks(missing, self.n_workers)
+        chw = tuple(self.shape[1:])
+        futures = [pool.submit(_decode_chunk, self.root, [self.files[keys[j]] for j in c], self.mode, self.resize_to,
+                               chw) for c in chunks]
+        for c, arr in zip(chunks, _results(futures, self.n_workers)):
+            rows[c] = torch.from_numpy(arr)
+        self.decoded += len(missing)
+        if self.cache_items:
+            for j in missing[-self.cache_items:]:
+                self._lru[keys[j]] = rows[j].clone()
+            while len(self._lru) > self.cache_items:
+                self._lru.popitem(last=False)
+        return rows
