@@ -1,0 +1,170 @@
+"""Train/eval samples/s of resnet18 on CIFAR-10-sized synthetic data: our on-device batched pipeline vs a PIL DataLoader."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from main import set_seed  # noqa: E402
+from methods.base import EVAL_BATCH, make_optimizer  # noqa: E402
+from models import build_model  # noqa: E402
+from utils.augment import TrainAugment, normalize  # noqa: E402
+from utils.data import STATS, resolve_device  # noqa: E402
+
+MEAN, STD, _ = STATS["cifar10"]
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """The images as PIL images (converted once), a torchvision transform applied per sample."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        from PIL import Image
+        self.images = [Image.fromarray(a) for a in images.transpose(0, 2, 3, 1)]  # [N,H,W,3] views
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def sgd_step(model, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def fresh_model(dev: torch.device, seed: int):
+    set_seed(seed)  # also the project's cuDNN settings (deterministic, no autotuning)
+    model = build_model("resnet18", 10, 3, 32).to(dev)
+    return model, make_optimizer("sgd", 0.05, model, "cos")[0]
+
+
+def timed_train(batches, model, opt, a, dev: torch.device) -> float:
+    """Seconds for a.steps SGD steps after a.warmup; `batches` yields (x, y) already on the device."""
+    model.train()
+    for _ in range(a.warmup):
+        sgd_step(model, opt, *next(batches))
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        sgd_step(model, opt, *next(batches))
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def timed_eval(batches, model, dev: torch.device) -> tuple[float, int]:
+    """Seconds and sample count of one pass over `batches` (eval mode, argmax accuracy), after a small warm-up."""
+    model.eval()
+    model(torch.zeros(8, 3, 32, 32, device=dev))
+    sync(dev)
+    t0 = time.perf_counter()
+    correct, n = torch.zeros((), dtype=torch.long, device=dev), 0
+    for x, y in batches:
+        correct += (model(x).argmax(1) == y).sum()
+        n += len(y)
+    sync(dev)
+    return time.perf_counter() - t0, n
+
+
+def run_ours(images: torch.Tensor, labels: torch.Tensor, a, dev: torch.device) -> tuple[float, float, int]:
+    images, labels = images.to(dev), labels.to(dev)
+    aug = TrainAugment(["autoaug"] if a.autoaug else [], MEAN, STD)
+
+    def train_batches():
+        while True:
+            perm = torch.randperm(len(images), device=dev)
+            for s in range(0, len(perm) - a.batch + 1, a.batch):
+                idx = perm[s:s + a.batch]
+                yield aug(images[idx]), labels[idx]
+
+    model, opt = fresh_model(dev, a.seed)
+    train_s = timed_train(train_batches(), model, opt, a, dev)
+    test_x, test_y = images[:a.eval_samples], labels[:a.eval_samples]
+    evals = ((normalize(test_x[s:s + EVAL_BATCH], MEAN, STD), test_y[s:s + EVAL_BATCH])
+             for s in range(0, a.eval_samples, EVAL_BATCH))
+    return (train_s, *timed_eval(evals, model, dev))
+
+
+def run_baseline(images: np.ndarray, labels: np.ndarray, a, dev: torch.device) -> tuple[float, float, int]:
+    from torchvision import transforms as T
+    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+    if a.autoaug:  # torchvision's PIL version of the CIFAR-10 AutoAugment policy
+        steps.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
+    tail = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    train_set = PILDataset(images, labels, T.Compose(steps + tail))
+    test_set = PILDataset(images[:a.eval_samples], labels[:a.eval_samples], T.Compose(tail))
+    pin = dev.type == "cuda"
+    loader = torch.utils.data.DataLoader(train_set, batch_size=a.batch, shuffle=True, num_workers=a.workers,
+                                         pin_memory=pin, drop_last=True)
+
+    def on_device(batches):
+        for x, y in batches:
+            yield x.to(dev, non_blocking=pin), y.to(dev, non_blocking=pin)
+
+    model, opt = fresh_model(dev, a.seed)
+    train_s = timed_train(on_device(itertools.chain.from_iterable(itertools.repeat(loader))), model, opt, a, dev)
+    # a fresh pass as the public code evaluates: worker start-up included
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=EVAL_BATCH, shuffle=False,
+                                              num_workers=a.workers, pin_memory=pin)
+    return (train_s, *timed_eval(on_device(test_loader), model, dev))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=16, help="training batch size (the paper's CIFAR batch: 16)")
+    p.add_argument("--steps", type=int, default=200, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=20, help="untimed training steps first")
+    p.add_argument("--eval_samples", type=int, default=10000)
+    p.add_argument("--workers", type=int, default=2, help="baseline DataLoader worker processes")
+    p.add_argument("--n", type=int, default=50000, help="synthetic training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autoaug", action="store_true", help="add the CIFAR-10 AutoAugment policy to both pipelines")
+    p.add_argument("--skip_baseline", action="store_true")
+    a = p.parse_args(argv)
+    if a.n < a.batch or a.steps < 1 or a.warmup < 0 or a.eval_samples < 1 or a.workers < 0:
+        p.error("need --n >= --batch, --steps >= 1, --warmup >= 0, --eval_samples >= 1, --workers >= 0")
+    a.eval_samples = min(a.eval_samples, a.n)
+    dev = resolve_device(a.device)
+    g = torch.Generator().manual_seed(a.seed)
+    images = torch.randint(0, 256, (a.n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (a.n,), generator=g)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"device: {dev} ({name}) | torch threads {torch.get_num_threads()} | torch {torch.__version__}")
+    print(f"settings: n {a.n} | batch {a.batch} | steps {a.steps} after {a.warmup} warm-up | eval {a.eval_samples} "
+          f"samples in batches of {EVAL_BATCH} | augment crop4+flip{'+autoaug' if a.autoaug else ''} | "
+          f"baseline workers {a.workers}")
+    results = {"ours": run_ours(images, labels, a, dev)}
+    if not a.skip_baseline:
+        results["baseline"] = run_baseline(images.numpy(), labels.numpy(), a, dev)
+    print(f"{'pipeline':<10}{'train samples/s':>17}{'eval samples/s':>16}{'ms/step':>10}")
+    rates = {}
+    for k, (train_s, eval_s, n_eval) in results.items():
+        assert n_eval == a.eval_samples, (k, n_eval)
+        rates[k] = (a.steps * a.batch / train_s, n_eval / eval_s)
+        print(f"{k:<10}{rates[k][0]:>17.0f}{rates[k][1]:>16.0f}{1000 * train_s / a.steps:>10.2f}")
+    if "baseline" in rates:
+        (ot, oe), (bt, be) = rates["ours"], rates["baseline"]
+        print(f"ours/baseline: train {ot / bt:.2f}x | eval {oe / be:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
