@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from utils.summarize import mean_std  # noqa: E402
 AUG = ["cutmix", "autoaug"]
 
 # SPEC section 10, MNIST, Blurry10-Online: (mean, std) of last accuracy over 3 seeds
@@ -119,7 +121,7 @@ def load_runs(out: Path) -> dict[str, list[dict]]:
 
 
 def ms(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return mean_std(values)[:2]
 
 
 def fmt(values: list[float]) -> str:

@@ -7,7 +7,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -178,23 +177,31 @@ class Method:
         numbers (A_last, A_last_final) are unchanged."""
         return getattr(self.cfg, "eval_epochs", "all") == "all" or self.last_task or epoch == n_epoch - 1
 
+    def train_epoch(self, epoch: int, phase: str) -> dict:
+        """One epoch at the public schedule; its record, with no test numbers yet."""
+        self.epoch = epoch
+        self.set_epoch_lr(epoch)
+        batches = self.epoch_batches(phase)
+        self._count(phase, sum(len(b) for b in batches))
+        tr_loss, tr_acc = self.run_epoch(batches)
+        return {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": None, "test_acc": None,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def timed_eval(self, test_idx: torch.Tensor, fn=None):
+        """``fn`` (default: evaluate) on ``test_idx``; its time goes to eval_time, its samples are counted."""
+        t0 = time.perf_counter()
+        out = (fn or self.evaluate)(test_idx)
+        self.eval_time += time.perf_counter() - t0
+        self._count("evaluation", len(test_idx))
+        return out
+
     def fit(self, task_id: int, n_epoch: int, phase: str) -> FitResult:
         res = FitResult(best_acc=0.0)
         self.phase = phase
         for epoch in range(n_epoch):
-            self.epoch = epoch
-            self.set_epoch_lr(epoch)
-            batches = self.epoch_batches(phase)
-            self._count(phase, sum(len(b) for b in batches))
-            tr_loss, tr_acc = self.run_epoch(batches)
-            lr = self.optimizer.param_groups[0]["lr"]
-            rec = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": None, "test_acc": None,
-                   "lr": lr}
+            rec = self.train_epoch(epoch, phase)
             if self.evaluates_epoch(epoch, n_epoch):
-                t0 = time.perf_counter()
-                ev = self.evaluate(self.test_idx)
-                self._count("evaluation", len(self.test_idx))
-                self.eval_time += time.perf_counter() - t0
+                ev = self.timed_eval(self.test_idx)
                 rec.update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
                 res.best_acc = max(res.best_acc, ev["avg_acc"])
                 res.last = ev
@@ -278,10 +285,7 @@ class Method:
         def after_batch(k: int) -> None:
             before, seen = start + (cum[k - 1] if k else 0), start + cum[k]
             if seen // period > before // period:
-                t0 = time.perf_counter()
-                acc = self.anytime_accuracy(test)
-                self.eval_time += time.perf_counter() - t0
-                self._count("evaluation", len(test))
+                acc = self.timed_eval(test, self.anytime_accuracy)
                 self.anytime.append({"task": self.task_id, "samples": seen, "acc": acc})
                 if self.writer is not None:
                     self.writer.add_scalar("Metrics/AnytimeAcc", acc, seen)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
@@ -159,10 +158,7 @@ class BiC(Method):
         after it (the public BiC records this final accuracy, not the best epoch)."""
         if not self.train_bias_layer(task_id):
             return FitResult(best_acc=res.last["avg_acc"], last=res.last, epochs=res.epochs)
-        t0 = time.perf_counter()
-        ev = self.evaluate(self.test_idx)
-        self._count("evaluation", len(self.test_idx))
-        self.eval_time += time.perf_counter() - t0
+        ev = self.timed_eval(self.test_idx)
         return FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
 
     def train_bias_layer(self, task_id: int) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -137,21 +136,12 @@ class ICaRL(Method):
         self.phase = phase
         res = FitResult(best_acc=0.0)
         for epoch in range(n_epoch):
-            self.epoch = epoch
-            self.set_epoch_lr(epoch)
-            batches = self.epoch_batches(phase)
-            self._count(phase, sum(len(b) for b in batches))
-            tr_loss, tr_acc = self.run_epoch(batches)
-            res.epochs.append({"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": None,
-                               "test_acc": None, "lr": self.optimizer.param_groups[0]["lr"]})
+            res.epochs.append(self.train_epoch(epoch, phase))
         self.after_fit(task_id, phase)
         if phase != "stream":
             self.update_memory(task_id)
-            t0 = time.perf_counter()
             self.means = None
-            ev = self.evaluate(self.test_idx)
-            self._count("evaluation", len(self.test_idx))
-            self.eval_time += time.perf_counter() - t0
+            ev = self.timed_eval(self.test_idx)
             if res.epochs:
                 res.epochs[-1].update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
             res.best_acc, res.last = ev["avg_acc"], ev

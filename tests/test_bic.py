@@ -11,11 +11,9 @@ import torch
 from torch import nn
 
 import main as rm_main
-from configuration.config import base_parser, resolve
-from methods import build_method, method_names
 from methods.bic import apply_bias, bias_layer_step
 from methods.distill import kd_loss
-from utils.data import ImageSet, RunData
+from tests.synthetic import synthetic_method
 
 N_CLS, PER_CLS = 10, 20
 
@@ -43,19 +41,7 @@ class FixedLogits(nn.Module):
 def make_bic(*flags: str):
     """A BiC method on 200 random 28x28 images (20 per class, label = index % 10), memory 100."""
     argv = ["--mode", "bic", "--mem_manage", "random", "--memory_size", "100", *flags, "--transforms"]
-    cfg = resolve(base_parser(method_names()).parse_args(argv))
-    g = torch.Generator().manual_seed(0)
-    n = N_CLS * PER_CLS
-    labels = torch.arange(n) % N_CLS
-    classes = [str(c) for c in range(N_CLS)]
-
-    def split(name: str) -> ImageSet:
-        imgs = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
-        return ImageSet(imgs, [f"{name}/{i % N_CLS}/{i}.png" for i in range(n)], classes, labels.clone())
-
-    data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), N_CLS,
-                   [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
-    return build_method("bic", cfg, data, torch.device("cpu"))
+    return synthetic_method(argv, N_CLS, PER_CLS, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
 
 
 def stream_of(classes: list[int], extra: list[int] = ()) -> torch.Tensor:

@@ -12,10 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import main as rm_main
-from configuration.config import base_parser, resolve
-from methods import build_method, method_names
 from methods.regularization import QuadraticPenalty, fisher_diagonal, reg_params
-from utils.data import ImageSet, RunData
+from tests.synthetic import synthetic_method
 
 N_CLS, PER_CLS = 10, 10
 HEAD = {"fc.weight", "fc.bias"}
@@ -26,18 +24,7 @@ BODY = ["input.lin.weight", "input.bn.weight", "input.bn.bias", "hidden1.lin.wei
 def make(mode: str, *flags: str):
     """An EWC/RWalk method on 100 random 28x28 images (label = index % 10), memory 30."""
     argv = ["--mode", mode, "--memory_size", "30", "--transforms", *flags]
-    cfg = resolve(base_parser(method_names()).parse_args(argv))
-    g = torch.Generator().manual_seed(0)
-    n = N_CLS * PER_CLS
-    labels = torch.arange(n) % N_CLS
-    classes = [str(c) for c in range(N_CLS)]
-
-    def split(name: str) -> ImageSet:
-        imgs = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
-        return ImageSet(imgs, [f"{name}/{i % N_CLS}/{i}.png" for i in range(n)], classes, labels.clone())
-
-    data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), N_CLS, [])
-    return build_method(mode, cfg, data, torch.device("cpu"))
+    return synthetic_method(argv, N_CLS, PER_CLS)
 
 
 def test_penalty_hand_computed_slots_add_and_replace():

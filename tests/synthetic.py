@@ -1,0 +1,25 @@
+"""A method built on random 28x28 grey images (label = index % n_cls), for unit tests of one method."""
+from __future__ import annotations
+
+import torch
+
+from configuration.config import base_parser, resolve
+from methods import build_method, method_names
+from utils.data import ImageSet, RunData
+
+
+def synthetic_method(argv: list[str], n_cls: int, per_cls: int, task_classes: list | None = None):
+    """``main.py`` flags -> the method named by ``--mode``, on n_cls * per_cls random train and test images."""
+    cfg = resolve(base_parser(method_names()).parse_args(argv))
+    g = torch.Generator().manual_seed(0)
+    n = n_cls * per_cls
+    labels = torch.arange(n) % n_cls
+    classes = [str(c) for c in range(n_cls)]
+
+    def split(name: str) -> ImageSet:
+        imgs = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+        return ImageSet(imgs, [f"{name}/{i % n_cls}/{i}.png" for i in range(n)], classes, labels.clone())
+
+    data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), n_cls,
+                   task_classes or [])
+    return build_method(cfg.mode, cfg, data, torch.device("cpu"))
