@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from main import set_seed  # noqa: E402
-from methods.base import EVAL_BATCH, make_optimizer  # noqa: E402
+from methods.base import AUG_CHUNK, EVAL_BATCH, make_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.augment import TrainAugment, normalize  # noqa: E402
 from utils.data import STATS, resolve_device  # noqa: E402
@@ -55,12 +55,14 @@ def fresh_model(dev: torch.device, seed: int):
     return model, make_optimizer("sgd", 0.05, model, "cos")[0]
 
 
-def timed_train(batches, model, opt, a, dev: torch.device) -> float:
-    """Seconds for a.steps SGD steps after a.warmup; `batches` yields (x, y) already on the device."""
+def timed_train(batches, model, opt, a, dev: torch.device, timed_batches=None) -> float:
+    """Seconds for a.steps SGD steps after a.warmup; `batches` yields (x, y) already on the device
+    (``timed_batches``, when given, feeds the timed steps)."""
     model.train()
     for _ in range(a.warmup):
         sgd_step(model, opt, *next(batches))
     sync(dev)
+    batches = batches if timed_batches is None else timed_batches
     t0 = time.perf_counter()
     for _ in range(a.steps):
         sgd_step(model, opt, *next(batches))
@@ -87,15 +89,23 @@ def run_ours(images: torch.Tensor, labels: torch.Tensor, a, dev: torch.device) -
     images, labels = images.to(dev), labels.to(dev)
     aug = TrainAugment(["autoaug"] if a.autoaug else [], MEAN, STD)
 
+    # as the methods do (methods/base.py run_epoch): one augmentation call per chunk of whole
+    # batches (--aug_chunk samples), sliced into the batches. The timed steps start on a fresh
+    # chunk and span whole chunks (see per_call), so they pay for their share of augmentation.
+    per_call = a.per_call
+
     def train_batches():
         while True:
             perm = torch.randperm(len(images), device=dev)
-            for s in range(0, len(perm) - a.batch + 1, a.batch):
-                idx = perm[s:s + a.batch]
-                yield aug(images[idx]), labels[idx]
+            perm = perm[:len(perm) // a.batch * a.batch]
+            for c in range(0, len(perm), per_call):
+                idx = perm[c:c + per_call]
+                x_all, y_all = aug(images[idx]), labels[idx]
+                for s in range(0, len(idx), a.batch):
+                    yield x_all[s:s + a.batch], y_all[s:s + a.batch]
 
     model, opt = fresh_model(dev, a.seed)
-    train_s = timed_train(train_batches(), model, opt, a, dev)
+    train_s = timed_train(train_batches(), model, opt, a, dev, timed_batches=train_batches())
     test_x, test_y = images[:a.eval_samples], labels[:a.eval_samples]
     evals = ((normalize(test_x[s:s + EVAL_BATCH], MEAN, STD), test_y[s:s + EVAL_BATCH])
              for s in range(0, a.eval_samples, EVAL_BATCH))
@@ -137,11 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=50000, help="synthetic training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--autoaug", action="store_true", help="add the CIFAR-10 AutoAugment policy to both pipelines")
+    p.add_argument("--aug_chunk", type=int, default=AUG_CHUNK,
+                   help="our pipeline: samples per augmentation call (whole batches; the methods use "
+                        f"{AUG_CHUNK}); --aug_chunk 0 augments each batch on its own")
     p.add_argument("--skip_baseline", action="store_true")
     a = p.parse_args(argv)
-    if a.n < a.batch or a.steps < 1 or a.warmup < 0 or a.eval_samples < 1 or a.workers < 0:
-        p.error("need --n >= --batch, --steps >= 1, --warmup >= 0, --eval_samples >= 1, --workers >= 0")
+    if a.n < a.batch or a.steps < 1 or a.warmup < 0 or a.eval_samples < 1 or a.workers < 0 or a.aug_chunk < 0:
+        p.error("need --n >= --batch, --steps >= 1, --warmup >= 0, --eval_samples >= 1, --workers >= 0, "
+                "--aug_chunk >= 0")
     a.eval_samples = min(a.eval_samples, a.n)
+    # batches per augmentation call: --aug_chunk's whole batches, at most the timed steps; the
+    # timed steps are rounded up to whole calls
+    calls = max(1, min(a.aug_chunk // a.batch, a.steps, a.n // a.batch))
+    a.steps = -(-a.steps // calls) * calls
+    a.per_call = calls * a.batch
     dev = resolve_device(a.device)
     g = torch.Generator().manual_seed(a.seed)
     images = torch.randint(0, 256, (a.n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -149,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(f"device: {dev} ({name}) | torch threads {torch.get_num_threads()} | torch {torch.__version__}")
     print(f"settings: n {a.n} | batch {a.batch} | steps {a.steps} after {a.warmup} warm-up | eval {a.eval_samples} "
-          f"samples in batches of {EVAL_BATCH} | augment crop4+flip{'+autoaug' if a.autoaug else ''} | "
-          f"baseline workers {a.workers}")
+          f"samples in batches of {EVAL_BATCH} | augment crop4+flip{'+autoaug' if a.autoaug else ''}, ours "
+          f"{a.per_call} samples per call | baseline workers {a.workers}")
     results = {"ours": run_ours(images, labels, a, dev)}
     if not a.skip_baseline:
         results["baseline"] = run_baseline(images.numpy(), labels.numpy(), a, dev)

@@ -18,7 +18,7 @@ from methods.memory import MemoryManager, build_manager
 from methods.prototype import method_featurizer
 from models import build_model
 from utils.augment import TrainAugment, cutmix, normalize
-from utils.data import RunData
+from utils.data import RunData, read_ahead
 
 logger = logging.getLogger("rm")
 
@@ -240,13 +240,10 @@ class Method:
         anytime = self.anytime_hook(batches)
         k = 0
         bar = tqdm(total=len(batches), desc="train", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
-        i = 0
-        while i < len(batches):
-            j, n = i, 0
-            while j < len(batches) and (n == 0 or n + len(batches[j]) <= AUG_CHUNK):
-                n += len(batches[j])
-                j += 1
-            idx = torch.cat(batches[i:j])
+        spans = aug_spans([len(b) for b in batches])
+        chunks = [torch.cat(batches[i:j]) for i, j in spans]
+        read_ahead(imgs, chunks)
+        for (i, j), idx in zip(spans, chunks):
             x_all = self.train_aug(imgs[idx])
             y_all = labels[idx]
             o = 0
@@ -261,7 +258,6 @@ class Method:
                     anytime(k)
                 k += 1
             bar.update(j - i)
-            i = j
         bar.close()
         loss = total_loss.item() / len(batches)  # the epoch's one host sync
         if not math.isfinite(loss):
@@ -338,10 +334,12 @@ class Method:
         cls_correct = torch.zeros(n_cls, device=self.device, dtype=torch.long)
         cls_total = torch.zeros(n_cls, device=self.device, dtype=torch.long)
         imgs, labels = self.data.test.images, self.data.test_labels
-        for s in range(0, len(test_idx), EVAL_BATCH):
-            idx = test_idx[s:s + EVAL_BATCH]
+        chunks = [c for c in test_idx.split(EVAL_BATCH) if len(c)]
+        read_ahead(imgs, chunks)
+        for idx in chunks:
             y = labels[idx]
-            logits = self.eval_scores(imgs[idx])
+            x = imgs[idx]
+            logits = self.eval_scores(x)
             # classes the head does not cover yet (blurry runs with a small --n_init_cls) count as
             # wrong and stay out of the loss
             known = y < logits.shape[1]
@@ -349,7 +347,7 @@ class Method:
             loss_sum += (ce * known).sum()
             topk = logits.topk(k, 1).indices
             correct += (topk == y[:, None]).any(1).sum()
-            pred = self.predict_labels(logits, imgs[idx])
+            pred = self.predict_labels(logits, x)
             cls_total += torch.bincount(y, minlength=n_cls)
             cls_correct += torch.bincount(y[pred == y], minlength=n_cls)
         n = max(len(test_idx), 1)
@@ -375,8 +373,9 @@ class Method:
         votes = torch.zeros(len(cand), self.n_out, device=self.device)
         k_views = 0
         imgs = self.data.train.images
-        for s in range(0, len(cand), AUG_CHUNK):
-            idx = cand[s:s + AUG_CHUNK]
+        chunks = [c for c in cand.split(AUG_CHUNK) if len(c)]
+        read_ahead(imgs, chunks)
+        for s, idx in zip(range(0, len(cand), AUG_CHUNK), chunks):
             rows = torch.arange(s, s + len(idx), device=self.device)
             k_views = 0
             for view in iter_uncertainty_views(imgs[idx], self.cfg.uncert_metric):
@@ -388,6 +387,20 @@ class Method:
 
     def _count(self, key: str, n: int) -> None:
         self.samples[key] = self.samples.get(key, 0) + n
+
+
+def aug_spans(sizes: list[int]) -> list[tuple[int, int]]:
+    """Runs [i, j) of consecutive batches (sizes given) that make one augmentation chunk: as many
+    whole batches as fit in AUG_CHUNK samples, at least one."""
+    spans, i = [], 0
+    while i < len(sizes):
+        j, n = i, 0
+        while j < len(sizes) and (n == 0 or n + sizes[j] <= AUG_CHUNK):
+            n += sizes[j]
+            j += 1
+        spans.append((i, j))
+        i = j
+    return spans
 
 
 def shuffled_batches(pool: torch.Tensor, batch: int, drop_last: bool) -> list[torch.Tensor]:

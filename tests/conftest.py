@@ -6,10 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MNIST_SRC = SHARED / "datasets" / "mnist"
-FASHION_SRC = Path("/usr/share/datasets/fashion-mnist")
+from tests.paths import FASHION_SRC, MNIST_SRC, ROOT
 os.chdir(ROOT)  # main.py's relative defaults
 
 

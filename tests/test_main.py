@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import main as rm_main
+from tests.paths import PAPER_COLL
 
 FAST = ["--n_epoch", "5", "--memory_size", "300"]
 
@@ -133,7 +134,7 @@ def test_corrupt_image_is_named(mnist_dir, tmp_path, capsys):
 
 
 def test_split_files_that_do_not_match_the_dataset(mnist_dir, tmp_path, capsys):
-    coll = Path(__file__).resolve().parents[2] / "shared" / "collections" / "mnist"
+    coll = PAPER_COLL
     if not coll.is_dir():
         pytest.skip("paper split files not available")
     # the paper's files name all 60,000 MNIST images; this subset has 3,000

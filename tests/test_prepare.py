@@ -14,12 +14,11 @@ import pytest
 from PIL import Image
 
 from utils import prepare as prep
+from tests.paths import FASHION_SRC, MNIST_SRC
 from utils.prepare import PrepareError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-MNIST_IDX = SHARED / "datasets" / "mnist"
-FASHION_IDX = Path("/usr/share/datasets/fashion-mnist")
+MNIST_IDX, FASHION_IDX = MNIST_SRC, FASHION_SRC
 TINY_COUNTS = {"train": 12, "test": 6}
 
 
@@ -282,11 +281,28 @@ def test_cli_subprocess(tiny, tmp_path):
 
 # ---------------------------------------------------------------- real data
 
-def test_find_source():
+def test_find_source(tmp_path, monkeypatch):
+    """The first known folder holding all four IDX files (plain or .gz), else None."""
     assert prep.find_source("cifar10") is None
-    if (MNIST_IDX / "train-images-idx3-ubyte.gz").is_file():
-        assert prep.find_source("mnist") == MNIST_IDX.resolve()
-    if (FASHION_IDX / "train-images-idx3-ubyte.gz").is_file():
+    partial, full, later = tmp_path / "partial", tmp_path / "full", tmp_path / "later"
+    for folder, names in ((partial, ["train-images-idx3-ubyte.gz"]),
+                          (full, ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                                  "t10k-labels-idx1-ubyte.gz"]),
+                          (later, ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                                   "t10k-labels-idx1-ubyte"])):
+        folder.mkdir()
+        for n in names:
+            (folder / n).write_bytes(b"")
+    monkeypatch.setitem(prep.KNOWN_SOURCES, "mnist", [tmp_path / "absent", partial, full, later])
+    assert prep.find_source("mnist") == full
+    monkeypatch.setitem(prep.KNOWN_SOURCES, "mnist", [partial])
+    assert prep.find_source("mnist") is None
+    # the defaults: ../shared beside the checkout, the Debian package
+    default = prep.REPO_ROOT.parent / "shared" / "datasets" / "mnist"
+    monkeypatch.undo()
+    if (default / "train-images-idx3-ubyte.gz").is_file():
+        assert prep.find_source("mnist") == default
+    if (FASHION_IDX / "train-images-idx3-ubyte.gz").is_file() and FASHION_IDX == Path("/usr/share/datasets/fashion-mnist"):
         assert prep.find_source("fashion_mnist") == FASHION_IDX
 
 

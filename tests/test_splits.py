@@ -1,7 +1,6 @@
 """Tests of utils.splits: disjoint/blurry generation, split-file I/O, validation and the paper's files."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -9,11 +8,10 @@ import numpy as np
 import pytest
 
 from utils import splits
+from tests.paths import MNIST_SRC, PAPER_COLL
 from utils.splits import SplitError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PAPER = SHARED / "collections" / "mnist"
-MNIST_IDX = SHARED / "datasets" / "mnist"
+PAPER, MNIST_IDX = PAPER_COLL, MNIST_SRC
 
 
 def make_dataset(sizes=(50, 50, 50, 50), n_test=10, names=None):

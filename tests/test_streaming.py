@@ -85,6 +85,57 @@ def test_small_cache_evicts_and_stays_exact(mixed):
     assert torch.equal(imgs[torch.tensor(last)], ref.images[last]) and imgs.decoded == before  # cached: no decode
 
 
+def test_read_ahead_decodes_planned_batches_before_they_are_asked_for(mixed):
+    """plan(): every image of the planned batches comes from the read-ahead queue, bytes equal to
+    the in-memory tensor; an unplanned request in between is served and leaves the plan alone."""
+    ref = D.load_split(mixed, "train", size=16, use_cache=False)
+    s = D.load_split(mixed, "train", size=16, use_cache=False, budget=0, n_workers=2)
+    imgs = s.images
+    batches = list(torch.randperm(40, generator=torch.Generator().manual_seed(3)).split(8))  # 5 x 8, disjoint
+    D.read_ahead(imgs, batches)
+    assert imgs._ahead == 2 and len(imgs._pending) == 16  # batch 0 and 1 queued (prefetch 1)
+    for k, b in enumerate(batches):
+        assert torch.equal(imgs[b], ref.images[b])
+        if k == 1:  # an unplanned request: exact, and the plan goes on
+            other = torch.tensor([b[0].item(), 0, 1])
+            assert torch.equal(imgs[other], ref.images[other])
+    # image 1 is in batch 1 (cached by then); image 0 is in batch 4, not queued yet: decoded on the
+    # unplanned request, then cached, so batch 4 queues only its other 7
+    assert 1 in batches[1].tolist() and 0 in batches[4].tolist()
+    assert imgs.decoded == 40 and imgs.prefetched == 39
+    assert not imgs._plan and not imgs._pending
+    # a second pass: all from the cache, nothing queued
+    D.read_ahead(imgs, batches)
+    assert not imgs._pending
+    for b in batches:
+        assert torch.equal(imgs[b], ref.images[b])
+    assert imgs.decoded == 40
+    # a new plan replaces an unfinished one; repeated indices within and across batches
+    fresh = StreamingImages(mixed, s.files, imgs.mode, 16, tuple(ref.images.shape), n_workers=1, prefetch=2)
+    plan = [torch.tensor([3, 3, 4]), torch.tensor([4, 5]), torch.tensor([6])]
+    fresh.plan([torch.tensor([30, 31])])
+    fresh.plan(plan)
+    assert sorted(fresh._pending) == [3, 4, 5, 6] and fresh._ahead == 3
+    for b in plan:
+        assert torch.equal(fresh[b], ref.images[b])
+    assert fresh.decoded == fresh.prefetched == 4
+    D.read_ahead(ref.images, batches)  # an in-memory tensor: nothing to do
+
+
+def test_corrupt_image_read_ahead_is_named_when_its_batch_is_asked_for(tmp_path):
+    root = make_folder(tmp_path / "myset", n_train=4, n_test=2)
+    ref = D.load_split(root, "train", size=16, use_cache=False)
+    s = D.load_split(root, "train", size=16, use_cache=False, budget=0, n_workers=1)
+    bad = root / s.files[5]
+    bad.write_bytes(bad.read_bytes()[:40])
+    first, second = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6])
+    D.read_ahead(s.images, [first, second])  # both queued; the error waits in its future
+    assert torch.equal(s.images[first], ref.images[first])
+    with pytest.raises(D.DataError, match=bad.name) as e:
+        s.images[second]
+    assert str(bad) in str(e.value)
+
+
 def test_streamed_native_split_checks_sizes_up_front(mixed, tmp_path):
     """Without --input_size a streamed split with images of different sizes is refused before
     training, as the in-memory one is (header pass in the workers)."""
@@ -155,3 +206,8 @@ def test_streaming_to_cuda_is_pinned_and_exact(mixed):
     got = s.images[idx]
     assert got.device.type == "cuda" and torch.equal(got.cpu(), ref.images[idx.cpu()])
     assert s.images.device.type == "cuda"
+    batches = list(torch.randperm(40, device="cuda").split(16))  # read-ahead from CUDA indices
+    D.read_ahead(s.images, batches)
+    for b in batches:
+        assert torch.equal(s.images[b].cpu(), ref.images[b.cpu()])
+    assert s.images.prefetched > 0

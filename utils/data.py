@@ -86,6 +86,14 @@ class ImageSet:
         return out
 
 
+def read_ahead(images, chunks: list[torch.Tensor]) -> None:
+    """Tell a streamed split which index batches come next, in order, so that their decoding
+    starts early (utils.streaming); a no-op for an in-memory uint8 tensor."""
+    plan = getattr(images, "plan", None)
+    if plan is not None:
+        plan(chunks)
+
+
 def dataset_missing_message(root: Path, name: str) -> str:
     hint = ""
     if name in ("mnist", "fashion_mnist"):

@@ -8,11 +8,17 @@ returns it. Pixels are those of the in-memory path to the byte (the same decoder
 utils.data.decode_file).
 
 How a batch is served: its distinct indices are looked up in an LRU cache of decoded images (so
-a batch read twice, as evaluation does, or a small memory read every epoch, is decoded once);
-the missing ones are decoded in chunks by a shared pool of worker processes (spawned, one torch
-thread each) while the parent waits; the batch is assembled in pinned memory when the device is
-CUDA and copied to the GPU asynchronously. A corrupt image raises the project's DataError naming
-the file when a batch first needs it.
+a batch read twice, or a small memory read every epoch, is decoded once); the missing ones are
+decoded in chunks by a shared pool of worker processes (spawned, one torch thread each); the
+batch is assembled in pinned memory when the device is CUDA and copied to the GPU asynchronously.
+
+Read-ahead: ``plan(chunks)`` announces the index batches about to be asked for, in order (the
+training epoch and evaluation call it through utils.data.read_ahead). Whenever the next planned
+batch is asked for, the decoding of the ``prefetch`` batches after it is queued in the pool, so
+the workers decode batch k+1 while the model trains on batch k. A request that is not the next
+planned batch is served as usual and leaves the plan alone; a new plan replaces the old one.
+A corrupt image raises the project's DataError naming the file when a batch first needs it,
+read ahead or not.
 
 The workers are spawned (not forked: the parent may hold CUDA and OpenMP state), so a script that
 calls main.main() itself needs the usual ``if __name__ == "__main__":`` guard.
@@ -24,8 +30,8 @@ import math
 import multiprocessing as mp
 import os
 import sys
-from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from tqdm import tqdm
 from utils.data import DataError, decode_file, mean_std, size_mismatch_error
 
 DEFAULT_CACHE_BYTES = 256 << 20  # LRU of decoded images per split
+DEFAULT_PREFETCH = 1  # planned batches decoded ahead of the one being served
 MAX_CHUNK = 64  # images per worker task
 MAX_AUTO_WORKERS = 8
 
@@ -72,15 +79,20 @@ def shutdown_pools() -> None:
 atexit.register(shutdown_pools)
 
 
-def _results(futures: list, n_workers: int):
-    """The futures' results in order; on any error the rest are cancelled, and a pool whose
-    worker died is dropped (the next use starts a fresh one)."""
+def _result(fut, n_workers: int):
+    """A future's result; a pool whose worker died is dropped (the next use starts a fresh one)."""
     try:
-        for fut in futures:
-            yield fut.result()
+        return fut.result()
     except BrokenProcessPool as e:
         _pools.pop(pool_size(n_workers), None)
         raise RuntimeError(f"a worker process decoding images died ({e}); out of memory? Lower --n_worker") from e
+
+
+def _results(futures: list, n_workers: int):
+    """The futures' results in order; on any error the rest are cancelled."""
+    try:
+        for fut in futures:
+            yield _result(fut, n_workers)
     finally:
         for fut in futures:
             fut.cancel()
@@ -168,7 +180,7 @@ class StreamingImages:
     ndim = 4
 
     def __init__(self, root: Path, files: list[str], mode: str, size: int | None, shape: tuple[int, int, int, int],
-                 n_workers: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 n_workers: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = DEFAULT_PREFETCH) -> None:
         self.root = str(root)
         self.files = list(files)
         self.mode = mode
@@ -180,7 +192,12 @@ class StreamingImages:
         self.device = torch.device("cpu")
         self.cache_items = cache_bytes // max(1, math.prod(self.shape[1:]))
         self._lru: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.prefetch = max(0, int(prefetch))
+        self._plan: deque[torch.Tensor] = deque()  # planned index batches not yet asked for (CPU)
+        self._ahead = 0  # how many of them have their decoding queued
+        self._pending: dict[int, tuple[Future, int]] = {}  # index -> (decoding future, row in its chunk)
         self.decoded = 0  # images decoded so far (cache misses)
+        self.prefetched = 0  # of which decoded ahead, before their batch was asked for
         self.served = 0  # images returned so far
 
     def __len__(self) -> int:
@@ -197,6 +214,49 @@ class StreamingImages:
         """Bind to ``device`` (batches are returned there); returns itself."""
         self.device = torch.device(device)
         return self
+
+    # ------------------------------------------------------------------ read-ahead
+    def plan(self, chunks: list) -> None:
+        """The index batches about to be asked for, in order (see the module doc); replaces any
+        earlier plan. One host copy of the indices per call."""
+        self._drop_plan()
+        sizes = [len(c) for c in chunks]
+        if not sizes or not sum(sizes):
+            return
+        flat = torch.cat([torch.as_tensor(c).reshape(-1) for c in chunks]).cpu()
+        self._plan = deque(self._flat_indices(c)[0] for c in flat.split(sizes))
+        self._queue_ahead(self.prefetch + 1)  # the first batch, and those after it
+
+    def _drop_plan(self) -> None:
+        for fut, _ in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        self._plan.clear()
+        self._ahead = 0
+
+    def _queue_ahead(self, n: int) -> None:
+        """Queue the decoding of the first ``n`` planned batches (those not queued yet)."""
+        pool = None
+        chw = tuple(self.shape[1:])
+        while self._ahead < min(n, len(self._plan)):
+            keys = [k for k in torch.unique(self._plan[self._ahead]).tolist()
+                    if k not in self._lru and k not in self._pending]
+            self._ahead += 1
+            if not keys:
+                continue
+            pool = pool or get_pool(self.n_workers)
+            for c in _chunks(keys, self.n_workers):
+                fut = pool.submit(_decode_chunk, self.root, [self.files[k] for k in c], self.mode, self.resize_to, chw)
+                for row, k in enumerate(c):
+                    self._pending[k] = (fut, row)
+
+    def _advance(self, flat: torch.Tensor) -> None:
+        """If ``flat`` is the next planned batch: take it off the plan and queue the decoding of
+        the batches after it."""
+        if self._plan and len(self._plan[0]) == len(flat) and torch.equal(self._plan[0], flat):
+            self._plan.popleft()
+            self._ahead = max(0, self._ahead - 1)
+            self._queue_ahead(self.prefetch)
 
     # ------------------------------------------------------------------ indexing
     def _flat_indices(self, idx) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -235,6 +295,7 @@ class StreamingImages:
         pin = self.device.type == "cuda"
         out = torch.empty((len(flat), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
         if len(flat):
+            self._advance(flat)
             uniq, inverse = torch.unique(flat, return_inverse=True)
             torch.index_select(self._fetch(uniq.tolist()), 0, inverse, out=out)
         self.served += len(flat)
@@ -245,26 +306,44 @@ class StreamingImages:
 
     def _fetch(self, keys: list[int]) -> torch.Tensor:
         """Decoded images of distinct indices ``keys`` (CPU, in that order): LRU hits copied,
-        the rest decoded in the worker pool."""
+        read-ahead results collected, the rest decoded in the worker pool."""
         rows = torch.empty((len(keys), *self.shape[1:]), dtype=torch.uint8)
         missing: list[int] = []
+        ahead: list[int] = []
         for j, k in enumerate(keys):
             hit = self._lru.get(k)
-            if hit is None:
-                missing.append(j)
-            else:
+            if hit is not None:
                 self._lru.move_to_end(k)
                 rows[j] = hit
-        if not missing:
+            elif k in self._pending:
+                ahead.append(j)
+            else:
+                missing.append(j)
+        if not missing and not ahead:
             return rows
-        pool = get_pool(self.n_workers)
-        chunks = _chunks(missing, self.n_workers)
         chw = tuple(self.shape[1:])
-        futures = [pool.submit(_decode_chunk, self.root, [self.files[keys[j]] for j in c], self.mode, self.resize_to,
-                               chw) for c in chunks]
-        for c, arr in zip(chunks, _results(futures, self.n_workers)):
-            rows[c] = torch.from_numpy(arr)
+        if missing:
+            pool = get_pool(self.n_workers)
+            chunks = _chunks(missing, self.n_workers)
+            futures = [pool.submit(_decode_chunk, self.root, [self.files[keys[j]] for j in c], self.mode,
+                                   self.resize_to, chw) for c in chunks]
+        arrays: dict[int, np.ndarray] = {}
+        try:
+            for j in ahead:
+                fut, row = self._pending.pop(keys[j])
+                if id(fut) not in arrays:
+                    arrays[id(fut)] = _result(fut, self.n_workers)
+                rows[j] = torch.from_numpy(arrays[id(fut)][row])
+        except BaseException:
+            for fut in futures if missing else []:
+                fut.cancel()
+            raise
+        if missing:
+            for c, arr in zip(chunks, _results(futures, self.n_workers)):
+                rows[c] = torch.from_numpy(arr)
+        missing += ahead
         self.decoded += len(missing)
+        self.prefetched += len(ahead)
         if self.cache_items:
             for j in missing[-self.cache_items:]:
                 self._lru[keys[j]] = rows[j].clone()

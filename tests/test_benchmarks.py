@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end on tiny settings and print their tables (figures are
+read by people, never asserted: speed is machine-dependent)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str) -> str:
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--device", "cpu", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
+
+
+def test_bench_cifar_prints_both_pipelines():
+    out = bench("bench_cifar.py", "--n", "96", "--batch", "16", "--steps", "3", "--warmup", "1", "--eval_samples", "40",
+                "--workers", "0", "--aug_chunk", "32", "--autoaug")
+    assert "ours 32 samples per call" in out
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(ours|baseline)\s+(\d+)", out, re.M)}
+    assert set(rows) == {"ours", "baseline"} and all(v > 0 for v in rows.values())
+    assert re.search(r"ours/baseline: train \d+\.\d\dx \| eval \d+\.\d\dx", out)
+
+
+def test_bench_stream_reads_ahead(tmp_path):
+    out = bench("bench_stream.py", "--root", str(tmp_path / "jpegs"), "--n", "48", "--classes", "3", "--side", "40",
+                "--input_size", "32", "--model", "resnet18", "--batch", "8", "--chunk", "16", "--workers", "2")
+    assert len(list((tmp_path / "jpegs" / "train").glob("class*/*.jpg"))) == 48
+    # 3 chunks of 16: read-ahead 0 decodes only the first chunk early, 1 and 2 every image
+    assert re.search(r"read-ahead 0\s+[\d.]+\s+\d+\s+16/48$", out, re.M), out
+    assert re.search(r"read-ahead 1\s+[\d.]+\s+\d+\s+48/48$", out, re.M), out
+    assert re.search(r"read-ahead 2\s+[\d.]+\s+\d+\s+48/48$", out, re.M), out
+    assert "streamed/in-memory epoch time" in out
