@@ -194,17 +194,31 @@ def pngs(root: Path) -> list[Path]:
     return sorted(root.rglob("*.png"))
 
 
+def standard_index(labels, names: list[str], rel: str) -> int:
+    """The standard-order index of "<split>/<class>/<k>.png": the k-th sample (1-based) of that class."""
+    folder, stem = rel.split("/")[-2:]
+    return int(np.flatnonzero(np.asarray(labels) == names.index(folder))[int(stem[:-4]) - 1])
+
+
+def test_class_counter_names():
+    """cifar2png's names, as in the paper's split files (e.g. test/truck/0001.png ... 1000.png)."""
+    assert prep.class_counter_stems(np.array([3, 1, 3, 3, 1, 0])) == ["0001", "0001", "0002", "0003", "0002", "0001"]
+    assert prep.class_counter_stems(np.zeros(1000, dtype=np.int64))[-1] == "1000"
+    assert prep.class_counter_stems(np.array([], dtype=np.int64)) == []
+
+
 def check_prepared(out: Path, dataset: str, per_class: int | None = None) -> None:
-    """Every PNG: folder = class name, name = standard index, exact pixels; counts as expected."""
+    """Every PNG: folder = class name, name = the class counter, exact pixels; counts as expected."""
     names = NAMES[dataset]
     for split in ("train", "test"):
         labels = np.array(LABELS[dataset][split])
-        want = {i for c in range(len(names)) for i in np.flatnonzero(labels == c)[:per_class]}
+        n_per = {c: min(int((labels == c).sum()), per_class or 10**9) for c in range(len(names))}
+        want = {f"{names[c]}/{k:04d}.png" for c, n in n_per.items() for k in range(1, n + 1)}
         files = pngs(out / split)
-        assert {int(p.stem) for p in files} == want and len(files) == len(want)
+        assert {p.relative_to(out / split).as_posix() for p in files} == want and len(files) == len(want)
         assert sorted(p.name for p in (out / split).iterdir()) == sorted(names)
         for path in files:
-            i = int(path.stem)
+            i = standard_index(labels, names, path.as_posix())
             assert path.parent.name == names[labels[i]]
             with Image.open(path) as im:
                 assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
@@ -243,18 +257,19 @@ def test_hand_chosen_pixels(tmp_path):
         with Image.open(out / rel) as im:
             return np.asarray(im)
 
-    a = px("train/airplane/0.png")  # first image of data_batch_1, label 0, colour (0, 0, 250)
+    a = px("train/airplane/0001.png")  # first image of data_batch_1, label 0, colour (0, 0, 250)
     assert a[0, 0].tolist() == [0, 0, 250] and a[0, 1].tolist() == [11, 0, 250]
     assert a[1, 0].tolist() == [0, 22, 250] and a[31, 30].tolist() == [0, 0, 33]
     assert a[30, 31].tolist() == [0, 0, 250] and a[31, 31].tolist() == [0, 0, 250]
-    b = px("train/truck/27.png")  # data_batch_5, row 3: label 7*27 % 10 = 9, colour (27, 18, 250)
+    # index 27 (data_batch_5, row 3): label 7*27 % 10 = 9, the third truck (after 7 and 17)
+    b = px("train/truck/0003.png")  # colour (27, 18, 250)
     assert b[5, 7].tolist() == [27, 18, 250] and b[0, 1].tolist() == [11, 18, 250]
     assert b[1, 0].tolist() == [27, 22, 250] and b[31, 30].tolist() == [27, 18, 33]
-    c = px("test/automobile/0.png")  # test_batch, first row: label 1, colour (0, 2, 150)
+    c = px("test/automobile/0001.png")  # test_batch, first row: label 1, colour (0, 2, 150)
     assert c[16, 16].tolist() == [0, 2, 150] and c[1, 0].tolist() == [0, 22, 150]
     out100 = prep.prepare("cifar100", make_source(tmp_path / "c", "cifar100", "folder"),
                           tmp_path / "d", expected_counts=None, workers=1)
-    with Image.open(out100 / "train" / "worm" / "127.png") as im:  # 37*127 % 100 = 99
+    with Image.open(out100 / "train" / "worm" / "0002.png") as im:  # index 127: 37*127 % 100 = 99, after 27
         d = np.asarray(im)
     assert d[2, 3].tolist() == [127, 198, 250] and d[31, 30].tolist() == [127, 198, 33]
 
@@ -264,8 +279,11 @@ def test_per_class_keeps_first_n_with_standard_indices(tmp_path, dataset):
     out = prep.prepare(dataset, make_source(tmp_path, dataset, "archive"), tmp_path / "d",
                        per_class=2 if dataset == "cifar10" else 1, expected_counts=None, workers=1)
     check_prepared(out, dataset, per_class=2 if dataset == "cifar10" else 1)
-    if dataset == "cifar10":  # second images of a class lie in data_batch_2/3 (indices 10..19)
-        assert {int(p.stem) for p in pngs(out / "train")} == set(range(20))
+    if dataset == "cifar10":  # the first two of each class: indices 0..19 (data_batch_1..4)
+        labels = LABELS[dataset]["train"]
+        got = {standard_index(labels, NAMES[dataset], p.as_posix()) for p in pngs(out / "train")}
+        assert got == set(range(20))
+        assert sorted(p.name for p in (out / "train" / "ship").iterdir()) == ["0001.png", "0002.png"]
 
 
 def test_load_split_reads_prepared_folder(tmp_path):
@@ -282,8 +300,8 @@ def test_load_split_reads_prepared_folder(tmp_path):
             assert tuple(s.images.shape) == (len(labels), 3, 32, 32)
             assert s.classes == names
             for f, x, y in zip(s.files, s.images, s.folder_label.tolist()):
-                i = int(Path(f).stem)
-                assert y == labels[i] and f == f"{split}/{names[y]}/{i}.png"
+                i = standard_index(labels, names, f)
+                assert y == labels[i] and f.startswith(f"{split}/{names[y]}/")
                 want = hand_image(*colour(split, i, labels[i])).transpose(2, 0, 1)
                 assert np.array_equal(x.numpy(), want), f
 
@@ -445,3 +463,20 @@ def test_cli_subprocess(tmp_path):
     good = subprocess.run(base + ["--no_count_check"], cwd=REPO, capture_output=True, text=True, env=env)
     assert good.returncode == 0, good.stderr
     check_prepared(tmp_path / "d" / "cifar10", "cifar10")
+
+
+def test_folder_with_older_file_names_needs_force(tmp_path):
+    """A CIFAR folder written before the class-counter names (no "file_names" in prepared.json) is
+    not silently reused: the paper's split files would not find its images."""
+    src = make_source(tmp_path, "cifar10", "archive")
+    out = prep.prepare("cifar10", src, tmp_path / "d", expected_counts=None, workers=1)
+    meta_path = out / "prepared.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["file_names"] == "class_counter"
+    del meta["file_names"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(PrepareError, match="older file names.*--force"):
+        prep.prepare("cifar10", src, tmp_path / "d", expected_counts=None, workers=1)
+    prep.prepare("cifar10", src, tmp_path / "d", expected_counts=None, workers=1, force=True)
+    assert json.loads(meta_path.read_text())["file_names"] == "class_counter"
+    check_prepared(out, "cifar10")

@@ -1,4 +1,5 @@
-"""Prepare MNIST-style IDX and CIFAR pickle sets as dataset/<name>/{train,test}/<class>/<index>.png."""
+"""Prepare MNIST-style IDX and CIFAR pickle sets as dataset/<name>/{train,test}/<class>/<file>.png
+(MNIST-style: <index>.png; CIFAR: cifar2png's per-class counter, as the paper's split files name them)."""
 from __future__ import annotations
 
 import argparse
@@ -189,32 +190,44 @@ def _folder(label: int, folders: Optional[Sequence[str]]) -> str:
     return str(int(label)) if folders is None else folders[int(label)]
 
 
-def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, np.ndarray, Optional[Sequence[str]]]) -> int:
-    """Worker: write one chunk of images as `<split_dir>/<class folder>/<index>.png`."""
-    split_dir, images, labels, indices, folders = job
-    for img, lbl, idx in zip(images, labels, indices):
-        Image.fromarray(img).save(os.path.join(split_dir, _folder(lbl, folders), f"{int(idx)}.png"),
+def _write_chunk(job: tuple[str, np.ndarray, np.ndarray, Sequence[str], Optional[Sequence[str]]]) -> int:
+    """Worker: write one chunk of images as `<split_dir>/<class folder>/<stem>.png`."""
+    split_dir, images, labels, stems, folders = job
+    for img, lbl, stem in zip(images, labels, stems):
+        Image.fromarray(img).save(os.path.join(split_dir, _folder(lbl, folders), f"{stem}.png"),
                                   format="PNG")
-    return len(indices)
+    return len(stems)
+
+
+def class_counter_stems(labels: np.ndarray) -> list[str]:
+    """cifar2png's file names, which the paper's CIFAR split files use: the sample's 1-based rank
+    among the samples of its class, in the standard order, 4 digits (labels [3, 1, 3] -> 0001,
+    0001, 0002)."""
+    seen: dict[int, int] = {}
+    out = []
+    for y in labels.tolist():
+        seen[y] = seen.get(y, 0) + 1
+        out.append(f"{seen[y]:04d}")
+    return out
 
 
 def write_image_folder(images: np.ndarray, labels: np.ndarray, out_dir: Path | str, split: str,
-                       indices: Sequence[int], workers: int = 2,
+                       indices: Sequence[int] | Sequence[str], workers: int = 2,
                        folders: Optional[Sequence[str]] = None) -> int:
     """Write images[i] to out_dir/split/<folder>/<indices[i]>.png; return the count.
 
     images: [N,H,W] (grayscale) or [N,H,W,3] (RGB) uint8; <folder>: folders[labels[i]], by default
-    the label number.
+    the label number; indices: sample numbers, or the file names without ".png".
     """
     from tqdm import tqdm
     split_dir = Path(out_dir) / split
     for label in np.unique(labels):
         (split_dir / _folder(label, folders)).mkdir(parents=True, exist_ok=True)
-    indices = np.asarray(indices)
+    stems = [str(int(i)) if isinstance(i, (int, np.integer)) else str(i) for i in indices]
     folders = None if folders is None else tuple(folders)
-    jobs = [(str(split_dir), images[s:s + CHUNK], labels[s:s + CHUNK], indices[s:s + CHUNK], folders)
-            for s in range(0, len(indices), CHUNK)]
-    bar = tqdm(total=len(indices), desc=split, unit="img", disable=not sys.stderr.isatty())
+    jobs = [(str(split_dir), images[s:s + CHUNK], labels[s:s + CHUNK], stems[s:s + CHUNK], folders)
+            for s in range(0, len(stems), CHUNK)]
+    bar = tqdm(total=len(stems), desc=split, unit="img", disable=not sys.stderr.isatty())
     with bar:
         if workers <= 1:
             for job in jobs:
@@ -223,7 +236,7 @@ def write_image_folder(images: np.ndarray, labels: np.ndarray, out_dir: Path | s
             with multiprocessing.get_context().Pool(workers) as pool:
                 for n in pool.imap_unordered(_write_chunk, jobs):
                     bar.update(n)
-    return len(indices)
+    return len(stems)
 
 
 # ---------------------------------------------------------------- preparing
@@ -242,7 +255,10 @@ def _class_counts(labels: np.ndarray, folders: Optional[Sequence[str]] = None) -
 
 
 def _settings(dataset: str, per_class: Optional[int]) -> dict:
-    return {"dataset": dataset, "per_class": per_class}
+    out: dict = {"dataset": dataset, "per_class": per_class}
+    if dataset in CIFAR_DATASETS:
+        out["file_names"] = "class_counter"  # folders written before had <index>.png
+    return out
 
 
 def _existing_state(target: Path, settings: dict) -> str:
@@ -282,7 +298,13 @@ def _build(tmp: Path, dataset: str, source: Path, per_class: Optional[int],
         images, labels = read(split)
         keep = select_per_class(labels, per_class)
         named = {} if folders is None else {"folders": folders}
-        write_image_folder(images[keep], labels[keep], tmp, split, keep, workers=workers, **named)
+        # names from the full split, so a --per_class subset keeps the full set's file names
+        if dataset in CIFAR_DATASETS:
+            counter = class_counter_stems(labels)
+            stems = [counter[i] for i in keep]
+        else:
+            stems = keep
+        write_image_folder(images[keep], labels[keep], tmp, split, stems, workers=workers, **named)
         counts[split] = _class_counts(labels[keep], folders)
     names = {str(i): n for i, n in enumerate(class_names)}
     (tmp / "classes.json").write_text(json.dumps(names, indent=1) + "\n")
@@ -337,8 +359,8 @@ def prepare(dataset: str, source: Optional[Path | str] = None, data_dir: Path | 
         print(f"{target}: already prepared")
         return target
     if state == "other" and not force:
-        raise PrepareError(f"{target}: exists but was not prepared with these settings (partial, or "
-                           f"another --per_class); pass --force to replace it or delete it")
+        raise PrepareError(f"{target}: exists but was not prepared with these settings (partial, "
+                           f"another --per_class, or older file names); pass --force to replace it or delete it")
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_dir / f".{dataset}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
