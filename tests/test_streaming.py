@@ -136,6 +136,22 @@ def test_corrupt_image_read_ahead_is_named_when_its_batch_is_asked_for(tmp_path)
     assert str(bad) in str(e.value)
 
 
+def test_parallel_first_decode_equals_the_serial_one(mixed, monkeypatch):
+    """Large splits decode in the worker pool on first use: the same bytes, and the same error for
+    images of different sizes, as decoding in this process."""
+    serial = D.decode_split(mixed, "train", size=16)
+    monkeypatch.setattr(D, "PARALLEL_DECODE_MIN", 0)
+    par = D.decode_split(mixed, "train", size=16, n_workers=2)
+    assert par.files == serial.files and torch.equal(par.images, serial.images)
+    assert torch.equal(par.folder_label, serial.folder_label) and par.images.shape == (40, 3, 16, 16)
+    with pytest.raises(D.DataError, match="different sizes") as e_par:
+        D.decode_split(mixed, "train", n_workers=2)
+    monkeypatch.setattr(D, "PARALLEL_DECODE_MIN", 10**9)
+    with pytest.raises(D.DataError, match="different sizes") as e_ser:
+        D.decode_split(mixed, "train")
+    assert str(e_par.value) == str(e_ser.value)
+
+
 def test_streamed_native_split_checks_sizes_up_front(mixed, tmp_path):
     """Without --input_size a streamed split with images of different sizes is refused before
     training, as the in-memory one is (header pass in the workers)."""

@@ -241,21 +241,29 @@ def folder_labels(files: list[str], classes: list[str]) -> torch.Tensor:
     return torch.tensor([cls_idx[f.split("/")[1]] for f in files], dtype=torch.long)
 
 
-def decode_split(root: Path, split: str, size: int | None = None) -> ImageSet:
-    """Decode every image of ``root/split`` (no cache)."""
+PARALLEL_DECODE_MIN = 4096  # splits with this many images decode in the worker pool
+
+
+def decode_split(root: Path, split: str, size: int | None = None, n_workers: int = 0) -> ImageSet:
+    """Decode every image of ``root/split`` (no cache): in this process, or for splits of
+    PARALLEL_DECODE_MIN images or more in the streaming path's worker pool (``n_workers``
+    processes, 0: automatic); the same bytes either way."""
     classes, files = list_split(root, split)
     mode, first_size = probe(root / files[0])
     size = target_size(first_size, size)
-    quiet = not sys.stderr.isatty()
-    out: torch.Tensor | None = None
-    shapes: list[tuple[int, int]] = []
-    for i, f in enumerate(tqdm(files, desc=f"decode {root.name}/{split}", disable=quiet, leave=False)):
-        x = decode_file(root / f, mode, size)
-        if out is None:
-            out = torch.empty((len(files), *x.shape), dtype=torch.uint8)
-        shapes.append(tuple(x.shape[1:]))
-        if x.shape == out.shape[1:]:
-            out[i] = x
+    first = decode_file(root / files[0], mode, size)
+    out = torch.empty((len(files), *first.shape), dtype=torch.uint8)
+    from utils.streaming import decode_into, pool_size
+    if len(files) >= PARALLEL_DECODE_MIN and pool_size(n_workers) > 1:
+        shapes = decode_into(out, root, files, mode, size, n_workers, desc=f"decode {root.name}/{split}")
+    else:
+        quiet = not sys.stderr.isatty()
+        shapes = []
+        for i, f in enumerate(tqdm(files, desc=f"decode {root.name}/{split}", disable=quiet, leave=False)):
+            x = first if i == 0 else decode_file(root / f, mode, size)
+            shapes.append(tuple(x.shape[1:]))
+            if x.shape == out.shape[1:]:
+                out[i] = x
     err = size_mismatch_error(root, split, files, shapes)
     if err is not None:
         raise err
@@ -334,7 +342,7 @@ def default_budget_bytes(device: torch.device, budget_gb: float | None) -> tuple
 
 
 def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, files: list[str],
-                    fp: str) -> ImageSet:
+                    fp: str, n_workers: int = 0) -> ImageSet:
     cache = root / ".cache" / f"{_cache_name(split, size)}.pt"
     if use_cache and cache.is_file():
         try:
@@ -344,7 +352,7 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
             logger.info("image folder %s/%s changed: rebuilding the decoded cache", root, split)
         except Exception as e:  # unreadable cache: rebuild it
             logger.warning("ignoring unreadable cache %s (%s)", cache, e)
-    s = decode_split(root, split, size)
+    s = decode_split(root, split, size, n_workers)
     if use_cache:
         try:
             cache.parent.mkdir(exist_ok=True)
@@ -376,7 +384,7 @@ def load_split(root: Path, split: str, size: int | None = None, use_cache: bool 
     meta = read_meta(meta_path, fp) if use_cache else None
     dims = f"{len(files)} images {shape[1]}x{side}x{side} = {fmt_bytes(nbytes)}"
     if budget is None or nbytes <= budget:
-        s = _load_in_memory(root, split, size, use_cache, files, fp)
+        s = _load_in_memory(root, split, size, use_cache, files, fp, n_workers)
         how = "in memory" + ("" if budget is None else f" (within the budget of {fmt_bytes(budget)})")
         if derive_stats and not (meta and meta.get("mean")):
             n = len(s) * s.images.shape[2] * s.images.shape[3]

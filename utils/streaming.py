@@ -119,6 +119,38 @@ def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw:
     return out
 
 
+def _decode_chunk_lenient(root: str, files: list[str], mode: str, size: int | None,
+                          chw: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Decoded images uint8 [k, C, H, W] and each one's (H, W); an image of another size is
+    left zero (the caller reports every mismatch at once)."""
+    out = np.zeros((len(files), *chw), dtype=np.uint8)
+    shapes = []
+    for i, f in enumerate(files):
+        x = decode_file(Path(root) / f, mode, size)
+        shapes.append(tuple(x.shape[1:]))
+        if tuple(x.shape) == tuple(chw):
+            out[i] = x.numpy()
+    return out, shapes
+
+
+def decode_into(out: torch.Tensor, root: Path, files: list[str], mode: str, size: int | None, n_workers: int = 0,
+                desc: str = "decode") -> list[tuple[int, int]]:
+    """Decode every file into ``out`` (uint8 [N, C, H, W], rows in file order) in the worker
+    pool; returns each image's (H, W). Rows of images of another size are left zero."""
+    pool = get_pool(n_workers)
+    chunks = _chunks(list(range(len(files))), n_workers)
+    chw = tuple(out.shape[1:])
+    futures = [pool.submit(_decode_chunk_lenient, str(root), [files[i] for i in c], mode, size, chw) for c in chunks]
+    shapes: list[tuple[int, int]] = []
+    bar = tqdm(total=len(files), desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    for c, (arr, sh) in zip(chunks, _results(futures, n_workers)):
+        out[c[0]:c[-1] + 1] = torch.from_numpy(arr)
+        shapes += sh
+        bar.update(len(c))
+    bar.close()
+    return shapes
+
+
 def _scan_chunk(root: str, files: list[str], mode: str, size: int | None, stats: bool) -> dict:
     """(H, W) of each image: from the header alone, or (``stats``) decoded, with exact
     per-channel sums of the pixels and of their squares."""
