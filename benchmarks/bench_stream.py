@@ -100,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     get_pool(a.workers).submit(int, 0).result()  # workers started outside the timings
 
     t0 = time.perf_counter()
-    mem = D.load_split(root, "train", size=a.input_size, use_cache=False)
+    mem = D.load_split(root, "train", size=a.input_size, use_cache=False, n_workers=a.workers)
     decode_s = time.perf_counter() - t0
     labels = mem.folder_label.to(dev)
-    rows = [("in-memory decode (one process, once)", decode_s, None)]
+    procs = pool_size(a.workers) if a.n >= D.PARALLEL_DECODE_MIN and pool_size(a.workers) > 1 else 1
+    rows = [(f"in-memory first decode ({procs} process{'es' if procs > 1 else ''})", decode_s, None)]
 
     def run(name: str, images) -> None:
         set_seed(a.seed)
