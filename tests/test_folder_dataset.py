@@ -158,3 +158,34 @@ def test_run_resizes_with_input_size_and_refuses_mixed_sizes_without_it(tmp_path
     assert "resized to 12x12" in log.read_text() and "3x12x12" in log.read_text()
     assert rm_main.main(base_args(data, tmp_path / "o3") + ["--input_size", "0"]) == 2
     assert "--input_size must be >= 1" in capsys.readouterr().err
+
+
+def test_imagenet_layout_with_val_split_resnet34_and_top5(tmp_path):
+    """``--dataset imagenet``: train/ and val/ (no test/), JPEGs of another size resized to
+    --input_size, the ImageNet preset's resnet34, top-5 accuracy."""
+    rng = np.random.RandomState(1)
+    root = tmp_path / "data" / "imagenet"
+    for split, n in (("train", 4), ("val", 2)):
+        for c in range(6):
+            for i in range(n):
+                a = (rng.rand(40, 48, 3) * 60 + c * 30).astype(np.uint8)
+                Image.fromarray(a).save(_mk(root / split / f"n0{c}") / f"{i}.JPEG", format="JPEG")
+    out = tmp_path / "out"
+    args = ["--dataset", "imagenet", "--data_dir", str(tmp_path / "data"), "--out_dir", str(out), "--mode", "finetune",
+            "--n_tasks", "2", "--n_cls_a_task", "3", "--n_init_cls", "3", "--memory_size", "6", "--n_epoch", "1",
+            "--batchsize", "4", "--device", "cpu", "--transforms", "--input_size", "32", "--topk", "5",
+            "--exp_name", "disjoint"]
+    assert rm_main.main(args) == 0
+    (log,) = (out / "logs" / "imagenet").glob("*.log")
+    text = log.read_text()
+    assert "train: 24 images 3x32x32" in text and "val: 12 images 3x32x32" in text
+    assert '"model_name": "resnet34"' in text and '"topk": 5' in text
+    (res_file,) = (out / "results" / "imagenet").glob("*.json")
+    res = json.loads(res_file.read_text())
+    # task 0: 3 classes in the head, so top-5 covers them all and every test sample of them counts
+    assert res["task_acc"][0] == 100.0 and len(res["task_acc"]) == 2 and len(res["cls_acc"][-1]) == 6
+
+
+def _mk(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
