@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         log_file.parent.mkdir(parents=True, exist_ok=True)
     else:
         run_name, log_file = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
-    ckpt = checkpoint_path(out, cfg.dataset, run_name)
+        ckpt = checkpoint_path(out, cfg.dataset, run_name)
     log = setup_logging(log_file)
     config = dict(vars(cfg), run_name=run_name, device_resolved=str(device))
     write_json(out / "logs" / cfg.dataset / f"{run_name}.config.json", config)

@@ -113,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, epoch(images, labels, model, opt, a, dev), images))
 
     run("epoch, in memory on the device", mem.images.to(dev))
+    files = mem.files
     del mem
     for pf in (0, 1, 2):
-        s = StreamingImages(root, D.list_split(root, "train")[1], "RGB", a.input_size,
+        s = StreamingImages(root, files, "RGB", a.input_size,
                             (a.n, 3, a.input_size, a.input_size), a.workers, cache_bytes=0, prefetch=pf).to(dev)
         run(f"epoch, streamed, read-ahead {pf}", s)
     print(f"{'':<40}{'seconds':>9}{'images/s':>10}{'read ahead':>12}")

@@ -96,9 +96,7 @@ def read_ahead(images, chunks: list[torch.Tensor]) -> None:
 
 def dataset_missing_message(root: Path, name: str) -> str:
     hint = ""
-    if name in ("mnist", "fashion_mnist"):
-        hint = f" Prepare it with: python -m utils.prepare --dataset {name}"
-    elif name in ("cifar10", "cifar100"):
+    if name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):  # utils.prepare's datasets
         hint = f" Prepare it with: python -m utils.prepare --dataset {name}"
     return (f"dataset folder {root} not found (expected {root}/train/<class>/<image> and "
             f"{root}/test/<class>/<image>).{hint}")

@@ -107,18 +107,6 @@ def _chunks(items: list, n_workers: int) -> list[list]:
 
 
 # ----------------------------------------------------------------------------- worker tasks
-def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw: tuple[int, int, int]) -> np.ndarray:
-    """Decoded images uint8 [k, C, H, W]; an image of another size is a DataError."""
-    out = np.empty((len(files), *chw), dtype=np.uint8)
-    for i, f in enumerate(files):
-        x = decode_file(Path(root) / f, mode, size)
-        if tuple(x.shape) != tuple(chw):
-            raise DataError(f"image {Path(root) / f} is {x.shape[2]}x{x.shape[1]} but the images of its split are "
-                            f"{chw[2]}x{chw[1]}; resize it, remove it, or give --input_size N")
-        out[i] = x.numpy()
-    return out
-
-
 def _decode_chunk_lenient(root: str, files: list[str], mode: str, size: int | None,
                           chw: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Decoded images uint8 [k, C, H, W] and each one's (H, W); an image of another size is
@@ -131,6 +119,16 @@ def _decode_chunk_lenient(root: str, files: list[str], mode: str, size: int | No
         if tuple(x.shape) == tuple(chw):
             out[i] = x.numpy()
     return out, shapes
+
+
+def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw: tuple[int, int, int]) -> np.ndarray:
+    """Decoded images uint8 [k, C, H, W]; an image of another size is a DataError."""
+    out, shapes = _decode_chunk_lenient(root, files, mode, size, chw)
+    for f, (h, w) in zip(files, shapes):
+        if (h, w) != tuple(chw[1:]):
+            raise DataError(f"image {Path(root) / f} is {w}x{h} but the images of its split are "
+                            f"{chw[2]}x{chw[1]}; resize it, remove it, or give --input_size N")
+    return out
 
 
 def decode_into(out: torch.Tensor, root: Path, files: list[str], mode: str, size: int | None, n_workers: int = 0,
@@ -266,21 +264,23 @@ class StreamingImages:
         self._plan.clear()
         self._ahead = 0
 
+    def _submit(self, keys: list[int]) -> None:
+        """Queue the decoding of images ``keys`` (neither cached nor queued) in the worker pool."""
+        if not keys:
+            return
+        pool = get_pool(self.n_workers)
+        chw = tuple(self.shape[1:])
+        for c in _chunks(keys, self.n_workers):
+            fut = pool.submit(_decode_chunk, self.root, [self.files[k] for k in c], self.mode, self.resize_to, chw)
+            for row, k in enumerate(c):
+                self._pending[k] = (fut, row)
+
     def _queue_ahead(self, n: int) -> None:
         """Queue the decoding of the first ``n`` planned batches (those not queued yet)."""
-        pool = None
-        chw = tuple(self.shape[1:])
         while self._ahead < min(n, len(self._plan)):
-            keys = [k for k in torch.unique(self._plan[self._ahead]).tolist()
-                    if k not in self._lru and k not in self._pending]
+            self._submit([k for k in torch.unique(self._plan[self._ahead]).tolist()
+                          if k not in self._lru and k not in self._pending])
             self._ahead += 1
-            if not keys:
-                continue
-            pool = pool or get_pool(self.n_workers)
-            for c in _chunks(keys, self.n_workers):
-                fut = pool.submit(_decode_chunk, self.root, [self.files[k] for k in c], self.mode, self.resize_to, chw)
-                for row, k in enumerate(c):
-                    self._pending[k] = (fut, row)
 
     def _advance(self, flat: torch.Tensor) -> None:
         """If ``flat`` is the next planned batch: take it off the plan and queue the decoding of
@@ -337,47 +337,31 @@ class StreamingImages:
         return out.to(self.device, non_blocking=pin)
 
     def _fetch(self, keys: list[int]) -> torch.Tensor:
-        """Decoded images of distinct indices ``keys`` (CPU, in that order): LRU hits copied,
-        read-ahead results collected, the rest decoded in the worker pool."""
+        """Decoded images of distinct indices ``keys`` (CPU, in that order): LRU hits copied, the
+        rest collected from the worker pool (queued ahead by the plan, or now)."""
         rows = torch.empty((len(keys), *self.shape[1:]), dtype=torch.uint8)
-        missing: list[int] = []
-        ahead: list[int] = []
+        todo: list[int] = []
         for j, k in enumerate(keys):
             hit = self._lru.get(k)
-            if hit is not None:
+            if hit is None:
+                todo.append(j)
+            else:
                 self._lru.move_to_end(k)
                 rows[j] = hit
-            elif k in self._pending:
-                ahead.append(j)
-            else:
-                missing.append(j)
-        if not missing and not ahead:
+        if not todo:
             return rows
-        chw = tuple(self.shape[1:])
-        if missing:
-            pool = get_pool(self.n_workers)
-            chunks = _chunks(missing, self.n_workers)
-            futures = [pool.submit(_decode_chunk, self.root, [self.files[keys[j]] for j in c], self.mode,
-                                   self.resize_to, chw) for c in chunks]
+        now = [keys[j] for j in todo if keys[j] not in self._pending]
+        self._submit(now)
         arrays: dict[int, np.ndarray] = {}
-        try:
-            for j in ahead:
-                fut, row = self._pending.pop(keys[j])
-                if id(fut) not in arrays:
-                    arrays[id(fut)] = _result(fut, self.n_workers)
-                rows[j] = torch.from_numpy(arrays[id(fut)][row])
-        except BaseException:
-            for fut in futures if missing else []:
-                fut.cancel()
-            raise
-        if missing:
-            for c, arr in zip(chunks, _results(futures, self.n_workers)):
-                rows[c] = torch.from_numpy(arr)
-        missing += ahead
-        self.decoded += len(missing)
-        self.prefetched += len(ahead)
+        for j in todo:
+            fut, row = self._pending.pop(keys[j])
+            if id(fut) not in arrays:
+                arrays[id(fut)] = _result(fut, self.n_workers)
+            rows[j] = torch.from_numpy(arrays[id(fut)][row])
+        self.decoded += len(todo)
+        self.prefetched += len(todo) - len(now)
         if self.cache_items:
-            for j in missing[-self.cache_items:]:
+            for j in todo[-self.cache_items:]:
                 self._lru[keys[j]] = rows[j].clone()
             while len(self._lru) > self.cache_items:
                 self._lru.popitem(last=False)
