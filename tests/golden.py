@@ -1,0 +1,111 @@
+"""The golden file of results: every method on a real MNIST subset, CPU, 1 torch thread, fixed seed.
+
+A refactor changes no number: ``tests/test_golden.py`` reruns every case below and compares the
+results with ``tests/golden.json`` bit for bit. Regenerate it (only when a change of numbers is
+intended, and say so in the commit) with:
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m tests.golden --write
+
+It prepares MNIST (the first 300 train and 300 test images per class, from ../shared or $RM_SHARED) in a
+temporary folder, or uses ``--data_dir`` (a folder holding a prepared ``mnist/``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+GOLDEN = Path(__file__).with_name("golden.json")
+PER_CLASS = 300
+COMMON = ["--dataset", "mnist", "--device", "cpu", "--rnd_seed", "3", "--n_epoch", "2", "--memory_size", "100"]
+# the numbers a refactor must not change (I_last is left out: it depends on --joint_acc only)
+KEYS = ("task_acc", "task_acc_final", "cls_acc", "A_last", "A_avg", "F_last", "A_last_final", "A_avg_final",
+        "memory_class_counts", "epochs", "anytime", "A_auc")
+METHODS = {
+    "rm": ["--mode", "rm"],
+    "rm_noaug": ["--mode", "rm", "--transforms"],
+    "finetune": ["--mode", "finetune"],
+    "ewc": ["--mode", "ewc"],
+    "rwalk": ["--mode", "rwalk"],
+    "icarl": ["--mode", "icarl", "--feature_size", "64"],
+    "gdumb": ["--mode", "gdumb"],
+    "bic": ["--mode", "bic"],
+    "bic_distill": ["--mode", "bic", "--distilling"],
+    "joint": ["--mode", "joint"],
+}
+CASES = {f"{m}_{env}": [*flags, "--stream_env", env] for m, flags in METHODS.items() for env in ("online", "offline")}
+CASES.update({
+    "rm_disjoint_anytime": ["--mode", "rm", "--exp_name", "disjoint", "--eval_period", "400"],
+    "icarl_disjoint_anytime": ["--mode", "icarl", "--exp_name", "disjoint", "--eval_period", "400",
+                               "--feature_size", "64"],
+    "ewc_blurry30_offline": ["--mode", "ewc", "--exp_name", "blurry30", "--stream_env", "offline",
+                             "--eval_epochs", "last_task"],
+    "rwalk_paper_offline": ["--mode", "rwalk", "--rwalk_score", "paper", "--reg_coef", "0.01", "--stream_env", "offline", "--transforms"],
+    "bic_disjoint_distill": ["--mode", "bic", "--exp_name", "disjoint", "--distilling"],
+    "gdumb_disjoint": ["--mode", "gdumb", "--exp_name", "disjoint"],
+    "finetune_prototype": ["--mode", "finetune", "--mem_manage", "prototype"],
+})
+
+
+def environment() -> dict:
+    """What the numbers depend on besides the code: torch's version, the CPU's vector ISA, threads."""
+    import torch
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def run_case(name: str, data_dir: Path, out: Path) -> dict:
+    """One case through main.main; the golden numbers of its result."""
+    import main as rm_main
+    argv = [*COMMON, *CASES[name], "--data_dir", str(data_dir), "--out_dir", str(out), "--run_name", name]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        rc = rm_main.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"case {name} exited with {rc}:\n{err.getvalue()[-3000:]}")
+    res = json.loads((out / "results" / "mnist" / f"{name}.json").read_text())
+    return {k: res[k] for k in KEYS if k in res}
+
+
+def prepared_mnist(tmp: Path) -> Path:
+    from tests.paths import MNIST_SRC
+    from utils.prepare import prepare
+    prepare("mnist", source=str(MNIST_SRC), data_dir=str(tmp), per_class=PER_CLASS)
+    return tmp
+
+
+def run_all(data_dir: Path | None, names: list[str]) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = data_dir or prepared_mnist(tmp / "data")
+        results = {n: run_case(n, data, tmp / "out") for n in names}
+    return {"environment": environment(), "command": "OMP_NUM_THREADS=1 python -m tests.golden --write",
+            "common_flags": COMMON, "cases": {n: CASES[n] for n in names}, "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--write", action="store_true", help=f"write {GOLDEN}")
+    p.add_argument("--out", help="write the results here (JSON) instead")
+    p.add_argument("--data_dir", help="a folder holding a prepared mnist/ (300 train and 300 test images per class)")
+    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    a = p.parse_args(argv)
+    got = run_all(Path(a.data_dir) if a.data_dir else None, a.cases)
+    text = json.dumps(got, indent=1) + "\n"
+    if a.write:
+        GOLDEN.write_text(text)
+    elif a.out:
+        Path(a.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
