@@ -4,9 +4,12 @@ A refactor changes no number: ``tests/test_golden.py`` reruns every case below a
 results with ``tests/golden.json`` bit for bit. Regenerate it (only when a change of numbers is
 intended, and say so in the commit) with:
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.golden --write
+    .venv/bin/python -m tests.golden --write
 
-It prepares MNIST (the first 300 train and 300 test images per class, from ../shared or $RM_SHARED) in a
+The runs use 1 thread and the CPU kernels every x86-64 machine runs alike (PINNED: ATen's
+portable kernels, MKL's conditional numerical reproducibility, oneDNN up to SSE4.1), so that the
+numbers do not depend on the machine's vector instructions; the script re-runs itself with that
+environment when it was started without it. It prepares MNIST (the first 300 train and 300 test images per class, from ../shared or $RM_SHARED) in a
 temporary folder, or uses ``--data_dir`` (a folder holding a prepared ``mnist/``).
 """
 from __future__ import annotations
@@ -15,12 +18,17 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 GOLDEN = Path(__file__).with_name("golden.json")
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
+          "ONEDNN_MAX_CPU_ISA": "SSE41"}
 PER_CLASS = 300
 COMMON = ["--dataset", "mnist", "--device", "cpu", "--rnd_seed", "3", "--n_epoch", "2", "--memory_size", "100"]
 # the numbers a refactor must not change (I_last is left out: it depends on --joint_acc only)
@@ -53,10 +61,15 @@ CASES.update({
 
 
 def environment() -> dict:
-    """What the numbers depend on besides the code: torch's version, the CPU's vector ISA, threads."""
+    """What the numbers depend on besides the code: torch's version, the kernels used, the threads."""
     import torch
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "machine": platform.machine()}
+            "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "pinned": {k: os.environ.get(k) for k in PINNED}}
+
+
+def pinned() -> bool:
+    return all(os.environ.get(k) == v for k, v in PINNED.items())
 
 
 def run_case(name: str, data_dir: Path, out: Path) -> dict:
@@ -85,11 +98,14 @@ def run_all(data_dir: Path | None, names: list[str]) -> dict:
         tmp = Path(tmp)
         data = data_dir or prepared_mnist(tmp / "data")
         results = {n: run_case(n, data, tmp / "out") for n in names}
-    return {"environment": environment(), "command": "OMP_NUM_THREADS=1 python -m tests.golden --write",
+    return {"environment": environment(), "command": "python -m tests.golden --write",
             "common_flags": COMMON, "cases": {n: CASES[n] for n in names}, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not pinned():  # the environment must be set before torch starts: run again with it
+        args = sys.argv[1:] if argv is None else argv
+        return subprocess.call([sys.executable, "-m", "tests.golden", *args], cwd=ROOT, env={**os.environ, **PINNED})
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help=f"write {GOLDEN}")
     p.add_argument("--out", help="write the results here (JSON) instead")
