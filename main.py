@@ -1,30 +1,35 @@
-"""Entry point: parse flags -> build the run (data, method, writer) -> drive the tasks -> write results."""
+"""Entry point: parse flags -> build the run (data, tasks, outputs) -> the trainer runs the method -> write results."""
 from __future__ import annotations
 
 import json
 import random
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from configuration.config import ConfigError, base_parser, resolve
+from configuration.config import ConfigError, base_parser, check_against_data, check_classes, resolve
 from methods import build_method, get_method_class, method_names
-from methods.base import DivergedError
-from utils import checkpoint, metrics, tb
-from utils.checkpoint import checkpoint_path
-from utils.data import (STATS, DataError, RunData, dataset_missing_message, default_budget_bytes, fmt_bytes,
-                        fmt_floats, load_split, resolve_device)
-from utils.runtime import tune_allocator
-from utils.run_io import (RunBusyError, claim_run, close_logging, default_run_name, reserve_run, setup_logging,
-                          write_json, write_npy)
-from utils.splits import SplitError, load_or_make, read_collection, validate_against
-from utils.tasks import build_streams
+from methods.trainer import DivergedError, Settings, Trainer
+from utils.data.decode import DataError
+from utils.data.run_data import RunData, load_splits, normalisation, resolve_device, to_device
+from utils.data.splits import SplitError, load_or_make, read_collection, validate_against
+from utils.data.tasks import build_streams
+from utils.report import metrics
+from utils.report.joint import find_joint_acc
+from utils.run import checkpoint, tb
+from utils.run.atomic import write_json, write_npy
+from utils.run.logs import close_logging, setup_logging
+from utils.run.names import RunBusyError, RunPaths, claim_run, default_run_name, reserve_run
+from utils.run.runtime import tune_allocator
 
-USER_ERRORS = (ConfigError, DataError, SplitError)
+USER_ERRORS = (ConfigError, DataError, SplitError, checkpoint.CheckpointError, RunBusyError)
+NOTES = {"task_acc": "best test accuracy over the epochs of each task's final training call "
+                     "(public code protocol; model selection on the test set)",
+         "task_acc_final": "test accuracy of the model at the end of each task",
+         "units": "percent"}
 
 
 def set_seed(seed: int) -> None:
@@ -36,252 +41,175 @@ def set_seed(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def prepare_run(cfg):
-    """Everything that can fail because of the user's input, before any output or training."""
+def build_run(cfg) -> tuple[torch.device, RunData, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Everything that can fail because of the user's input, before any output or training: the
+    device, the data and its task split (generated, or read from --collections_dir)."""
     device = resolve_device(cfg.device)
     set_seed(cfg.rnd_seed)
     root = Path(cfg.data_dir) / cfg.dataset
-    if not (root / "train").is_dir():
-        raise DataError(dataset_missing_message(root, cfg.dataset))
-    if cfg.input_size is not None and cfg.input_size < 1:
-        raise ConfigError(f"--input_size must be >= 1 (got {cfg.input_size})")
-    if cfg.data_budget_gb is not None and not cfg.data_budget_gb >= 0:
-        raise ConfigError(f"--data_budget_gb must be >= 0 (got {cfg.data_budget_gb})")
-    budget, budget_source = default_budget_bytes(device, cfg.data_budget_gb)
-    table = STATS.get(cfg.dataset)
-    load = dict(size=cfg.input_size, use_cache=not cfg.no_cache, n_workers=cfg.n_worker)
-    train = load_split(root, "train", budget=budget, derive_stats=table is None, **load)
-    test_split = "test" if (root / "test").is_dir() else "val"
-    # the test split gets what the training split left of the budget
-    test = load_split(root, test_split, budget=max(0, budget - (0 if train.streaming else train.nbytes)), **load)
-    if train.classes != test.classes:
-        raise DataError(f"{root}: train and {test_split} class folders differ")
-    if train.images.shape[1:] != test.images.shape[1:]:
-        raise DataError(f"{root}: train images are {'x'.join(map(str, train.images.shape[1:]))} (CxHxW) but "
-                        f"{test_split} images are {'x'.join(map(str, test.images.shape[1:]))}; give --input_size N "
-                        f"to resize both to N x N")
+    train, test, info = load_splits(root, cfg.dataset, device, cfg.data_budget_gb, cfg.input_size, not cfg.no_cache,
+                                    cfg.n_worker)
     n_classes = len(train.classes)
     if cfg.collections_dir:
         tr_tasks, te_tasks = read_collection(Path(cfg.collections_dir), cfg.dataset, cfg.exp_name, cfg.rnd_seed,
                                              cfg.n_cls_a_task, cfg.n_tasks)
         validate_against(tr_tasks, te_tasks, set(train.files) | set(test.files))
     else:
-        if cfg.n_tasks * cfg.n_cls_a_task != n_classes:
-            raise ConfigError(f"{n_classes} classes cannot be divided into --n_tasks {cfg.n_tasks} x "
-                              f"--n_cls_a_task {cfg.n_cls_a_task}")
+        check_classes(cfg, n_classes)
         tr_tasks, te_tasks = load_or_make(Path(cfg.out_dir) / "collections" / cfg.dataset, cfg.dataset, cfg.exp_name,
                                           cfg.rnd_seed, cfg.n_cls_a_task, cfg.n_tasks, train.class_files(),
                                           test.class_files())
     streams = build_streams(tr_tasks, te_tasks, train, test, n_classes, cfg.debug)
-    n_train = sum(len(t) for t in streams.train)
-    if cfg.memory_size > n_train:
-        raise ConfigError(f"--memory_size {cfg.memory_size} is larger than the {n_train} training samples")
-    if cfg.n_init_cls > n_classes:
-        raise ConfigError(f"--n_init_cls {cfg.n_init_cls} exceeds the {n_classes} classes of {cfg.dataset}")
-    if cfg.mode == "rm" and cfg.batchsize < 2:
-        raise ConfigError("rm needs --batchsize >= 2 (half of each batch comes from memory)")
-    data_ch = train.images.shape[1]
-    if cfg.in_channels is None:
-        cfg.in_channels = 3 if cfg.model_name == "mlp400" else data_ch
-    elif cfg.in_channels != data_ch and not (data_ch == 1 and cfg.in_channels == 3):
-        raise ConfigError(f"--in_channels {cfg.in_channels} does not fit {cfg.dataset}'s {data_ch}-channel images "
-                          f"(grey images may feed a 3-channel model, not the reverse)")
-    side = train.images.shape[-1]
-    if table is None:
-        mean, std = train.mean, train.std
-        cached = "" if cfg.no_cache else f" (cached in {root / '.cache'})"
-        stats = (f"derived from the training images{cached}: "
-                 f"{data_ch} channel(s), input size {side}, mean {fmt_floats(mean)}, std {fmt_floats(std)}")
-    else:
-        mean, std, table_side = table
-        stats = f"{cfg.dataset}'s table: mean {fmt_floats(mean)}, std {fmt_floats(std)}; input size {side}"
-        if cfg.input_size is None and side != table_side:
-            stats += f" (the table's is {table_side}; --input_size {table_side} resizes to it)"
-    info = (f"{train.info}; {test.info}; budget {fmt_bytes(budget)} ({budget_source}); "
-            f"{'resized to' if cfg.input_size else 'images'} {side}x{side}; mean/std {stats}")
-    data = RunData(train.to(device), test.to(device), streams.train_labels.to(device), streams.test_labels.to(device),
-                   tuple(mean), tuple(std), n_classes, streams.task_classes, info)
-    tasks = [(a.to(device), b.to(device)) for a, b in zip(streams.train, streams.test)]
-    if getattr(get_method_class(cfg.mode), "single_task", False):
+    check_against_data(cfg, n_classes, sum(len(t) for t in streams.train), train.images.shape[1])
+    mean, std, stats = normalisation(cfg.dataset, train, root, cfg.input_size, not cfg.no_cache)
+    data, tasks = to_device(train, test, streams, mean, std, f"{info}; mean/std {stats}", device)
+    if get_method_class(cfg.mode).single_task:
         tasks = [(torch.cat([a for a, _ in tasks]), torch.cat([b for _, b in tasks]))]
     if cfg.joint_acc == "auto":
-        cfg.joint_acc, cfg.joint_acc_source = find_joint_acc(cfg)
+        found = find_joint_acc(Path(cfg.out_dir) / "results" / cfg.dataset, cfg.rnd_seed, cfg.model_name,
+                               cfg.exp_name, cfg.transforms)
+        if found is None:
+            raise ConfigError(f"--joint_acc auto: no joint result for {cfg.dataset} seed {cfg.rnd_seed} "
+                              f"({cfg.model_name}) in {Path(cfg.out_dir) / 'results' / cfg.dataset}; run main.py "
+                              f"--mode joint first or give a number")
+        cfg.joint_acc, cfg.joint_acc_source = found
     return device, data, tasks
 
 
-def find_joint_acc(cfg) -> tuple[float, str]:
-    """A_last of the newest finished joint run on the same dataset, seed and model
-    (preferring the same split and transforms)."""
-    folder = Path(cfg.out_dir) / "results" / cfg.dataset
-    found = []
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+def open_run(cfg, out: Path) -> tuple[RunPaths, dict | None, Path | None] | None:
+    """The run's paths, its checkpoint state (--resume) and lock; None when a resumed run already finished."""
+    if not cfg.resume:
+        name, _ = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
+        return RunPaths(out, cfg.dataset, name), None, None
+    paths = RunPaths(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
+    if paths.results.exists():
+        print(f"--resume: {paths.name} already finished ({paths.results}); nothing to do", file=sys.stderr)
+        return None
+    lock = claim_run(out, cfg.dataset, paths.name)
+    try:
+        want = dict(vars(cfg), run_name=paths.name)
+        state = checkpoint.load(paths.checkpoint, want) if paths.checkpoint.exists() else None
+    except checkpoint.CheckpointError:
+        lock.unlink(missing_ok=True)
+        raise
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    return paths, state, lock
+
+
+def result_record(cfg, config: dict, rec: dict, trainer: Trainer, data: RunData, device, wall: float) -> dict:
+    """The results file of a finished run."""
+    summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
+                                None if cfg.joint_acc is None else float(cfg.joint_acc))
+    result = {"config": config, **summary, **{k: rec[k] for k in ("task_acc", "task_acc_final", "cls_acc")},
+              "task_classes": data.task_classes,
+              **{k: rec[k] for k in ("memory_class_counts", "epochs", "phase_time_s", "phase_samples")},
+              "wall_time_s": wall, "device": str(device), "notes": dict(NOTES)}
+    if cfg.eval_period:
+        result["anytime"] = trainer.anytime
+        result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])
+        result["notes"]["anytime"] = (f"accuracy on the test samples of the exposed classes every {cfg.eval_period} "
+                                      "stream samples of the online stream pass; A_auc = their mean")
+    if cfg.eval_epochs == "last_task":
+        result["notes"]["eval_epochs"] = ("last_task: before the final task only the last epoch of each training "
+                                          "call was evaluated, so task_acc of earlier tasks is their final-model "
+                                          "accuracy; A_last and A_last_final are as with 'all'")
+    if summary["I_last"] is None:
+        result["notes"]["I_last"] = "no joint accuracy given (--joint_acc N or auto), so I_last is not computed"
+    return result
+
+
+def fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None) -> tuple:
+    """The run's log (file and stderr) and its saved configuration."""
+    log = setup_logging(paths.log)
+    config = dict(vars(cfg), run_name=paths.name, device_resolved=str(device))
+    write_json(paths.config, config)
+    log.info("Run %s on %s | config %s", paths.name, device, json.dumps(config))
+    log.info("Data: %s", data.info)
+    if cfg.pretrain:
+        log.warning("--pretrain is ignored: no pretrained weights are used (the flag is accepted so that the "
+                    "public scripts run)")
+    if cfg.resume:
+        log.info("--resume: %s", f"continuing after task {state['task']} from {paths.checkpoint}" if state else
+                 f"no checkpoint in {paths.checkpoint}: starting from the first task")
+    return log, config
+
+
+def build_trainer(cfg, data: RunData, tasks, device, writer, state: dict | None) -> Trainer:
+    """The method and its trainer, restored from a checkpoint ``state`` (with the RNG states)."""
+    method = build_method(cfg.mode, cfg, data, device, writer)
+    trainer = Trainer(method, data, tasks, Settings.from_config(cfg), writer)
+    if state:
+        method.load_state_dict(state["method"])
+        trainer.load_state_dict(state["trainer"])
+        checkpoint.set_rng_state(state["rng"])
+    return trainer
+
+
+def write_results(log, writer, paths: RunPaths, result: dict, task_acc: list) -> None:
+    tb.log_hparams(writer, result["config"], {k: v for k, v in result.items() if k.startswith(("A_", "F_", "I_"))})
+    write_npy(paths.npy, task_acc)
+    write_json(paths.results, result)
+    log.info("A_last %s | A_avg %s | F_last %s | I_last %s | A_last_final %s | wall %.1f s",
+             *(fmt(result[k]) for k in ("A_last", "A_avg", "F_last", "I_last", "A_last_final")), result["wall_time_s"])
+    log.info("results: %s", paths.results)
+
+
+def train_and_write(cfg, device, data: RunData, tasks, paths: RunPaths, state: dict | None, start: float) -> int:
+    """Train (continuing after the checkpoint ``state``), checkpoint after every task, write the results."""
+    log, config = start_log(cfg, paths, device, data, state)
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(paths.tensorboard))
+    wall = (state["wall_s"] if state else 0.0) - start  # + perf_counter(): the run's wall time so far
+    try:
+        trainer = build_trainer(cfg, data, tasks, device, writer, state)
+        config["mem_manage_resolved"] = trainer.method.mem_manage
+
+        def task_done(t: int) -> None:
+            checkpoint.save(paths.checkpoint, {
+                "task": t, "method": trainer.method.state_dict(), "trainer": trainer.state_dict(),
+                "rng": checkpoint.rng_state(), "config": checkpoint.comparable(config),
+                "wall_s": wall + time.perf_counter()})
         try:
-            r = json.loads(p.read_text())
-            c = r["config"]
-            if c["mode"] != "joint" or c["rnd_seed"] != cfg.rnd_seed or c["model_name"] != cfg.model_name:
-                continue
-            rank = (c.get("exp_name") == cfg.exp_name, c.get("transforms") == list(cfg.transforms), p.stat().st_mtime)
-            found.append((rank, float(r["A_last"]), str(p)))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    if not found:
-        raise ConfigError(f"--joint_acc auto: no joint result for {cfg.dataset} seed {cfg.rnd_seed} "
-                          f"({cfg.model_name}) in {folder}; run main.py --mode joint first or give a number")
-    _, acc, path = max(found)
-    return acc, path
-
-
-def eval_indices(cfg, tasks, t: int) -> torch.Tensor:
-    """blurry: the test sets of all tasks; disjoint: tasks 0..t."""
-    upto = t + 1 if cfg.exp_name == "disjoint" else len(tasks)
-    return torch.cat([tasks[i][1] for i in range(upto)])
-
-
-def drive(cfg, method, tasks, log, writer, state: dict | None = None, on_task_done=None) -> dict:
-    """Call each hook once per task in a fixed order and collect the per-task records; with a
-    checkpoint ``state``, continue after its task; ``on_task_done(t, rec, timers)`` after each task."""
-    rec = defaultdict(list, state["rec"] if state else {})
-    timers = defaultdict(float, state["timers"] if state else {})
-    first = state["task"] + 1 if state else 0
-    def timed(phase: str, fn, *a):
-        """Run a hook; its time, less the evaluation inside it, goes to ``phase``."""
-        e0, t0 = method.eval_time, time.perf_counter()
-        out = fn(*a)
-        timers[phase] += time.perf_counter() - t0 - (method.eval_time - e0)
-        return out
-
-    for t, (stream, _) in enumerate(tasks):
-        if t < first:
-            continue
-        method.last_task = t == len(tasks) - 1
-        method.before_task(t, stream, eval_indices(cfg, tasks, t))
-        if cfg.stream_env == "online":
-            timed("stream_pass", method.train_stream, t)
-            timed("memory_update", method.update_memory, t)
-            res = timed("memory_epochs", method.train_memory, t)
-        else:
-            res = timed("offline_epochs", method.train_offline, t)
-            timed("memory_update", method.update_memory, t)
-        method.after_task(t)
-        rec["task_acc"].append(res.best_acc)
-        rec["task_acc_final"].append(res.last["avg_acc"])
-        rec["cls_acc"].append(res.last["cls_acc"])
-        rec["epochs"].append(res.epochs)
-        rec["memory_class_counts"].append(method.memory.class_counts(method.data.n_classes))
-        log.info("Task %d done: task_acc (best epoch) %.2f | final model %.2f", t, res.best_acc, res.last["avg_acc"])
-        if writer is not None:
-            writer.add_scalar("Metrics/TaskAcc", res.best_acc, t)
-            writer.add_scalar("Metrics/TaskAccFinal", res.last["avg_acc"], t)
-            for c, a in enumerate(res.last["cls_acc"]):
-                if a is not None:
-                    writer.add_scalar(f"ClassAcc/class_{c}", a, t)
-            tb.log_task(writer, method, t, rec["cls_acc"], method.data.task_classes)
-        if on_task_done is not None:
-            on_task_done(t, rec, timers)
-    rec["phase_time_s"] = dict(timers)
-    rec["phase_time_s"]["evaluation"] = method.eval_time
-    rec["phase_samples"] = dict(method.samples)
-    return rec
+            rec = trainer.run(state["task"] + 1 if state else 0, task_done)
+        except DivergedError as e:
+            kept = (f"the checkpoint after task {e.task_id - 1} is kept ({paths.checkpoint})"
+                    if paths.checkpoint.exists() else "no task finished")
+            log.error("%s; %s. Lower --lr (or check the data) and start the run again.", e, kept)
+            return 3
+        result = result_record(cfg, config, rec, trainer, data, device, wall + time.perf_counter())
+        if "A_auc" in result:
+            log.info("A_auc %.2f over %d anytime evaluations", result["A_auc"], len(trainer.anytime))
+        write_results(log, writer, paths, result, rec["task_acc"])
+        paths.checkpoint.unlink(missing_ok=True)  # the results are final; the checkpoint is not needed any more
+    finally:
+        writer.close()
+        close_logging()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(method_names())
-    args = parser.parse_args(argv)
+    args = base_parser(method_names()).parse_args(argv)
     start = time.perf_counter()
     tune_allocator()
     try:
         cfg = resolve(args)
-        device, data, tasks = prepare_run(cfg)
+        device, data, tasks = build_run(cfg)
+        opened = open_run(cfg, Path(cfg.out_dir))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.out_dir)
-    state = None
-    lock = None
-    if cfg.resume:
-        run_name = cfg.run_name or default_run_name(cfg)
-        done = out / "results" / cfg.dataset / f"{run_name}.json"
-        if done.exists():
-            print(f"--resume: {run_name} already finished ({done}); nothing to do", file=sys.stderr)
-            return 0
-        ckpt = checkpoint_path(out, cfg.dataset, run_name)
-        try:
-            lock = claim_run(out, cfg.dataset, run_name)
-        except RunBusyError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        try:
-            state = checkpoint.load(ckpt, dict(vars(cfg)), device) if ckpt.exists() else None
-        except checkpoint.CheckpointError as e:
-            lock.unlink(missing_ok=True)
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        log_file = out / "logs" / cfg.dataset / f"{run_name}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        run_name, log_file = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
-        ckpt = checkpoint_path(out, cfg.dataset, run_name)
-    log = setup_logging(log_file)
-    config = dict(vars(cfg), run_name=run_name, device_resolved=str(device))
-    write_json(out / "logs" / cfg.dataset / f"{run_name}.config.json", config)
-    log.info("Run %s on %s | config %s", run_name, device, json.dumps(config))
-    log.info("Data: %s", data.info)
-    if cfg.resume:
-        log.info("--resume: %s", f"continuing after task {state['task']} from {ckpt}" if state else
-                 f"no checkpoint in {ckpt}: starting from the first task")
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out / "tensorboard" / cfg.dataset / run_name))
-    wall_before = state["wall_s"] if state else 0.0
-
-    def task_done(t: int, rec: dict, timers: dict) -> None:
-        checkpoint.save(ckpt, t, method, rec, timers, config, wall_before + time.perf_counter() - start)
-
+    if opened is None:
+        return 0
+    paths, state, lock = opened
     try:
-        method = build_method(cfg.mode, cfg, data, device, writer)
-        if state:
-            checkpoint.restore(method, state)
-        config["mem_manage_resolved"] = method.mem_manage
-        try:
-            rec = drive(cfg, method, tasks, log, writer, state, task_done)
-        except DivergedError as e:
-            kept = f"the checkpoint after task {e.task_id - 1} is kept ({ckpt})" if ckpt.exists() else "no task finished"
-            log.error("%s; %s. Lower --lr (or check the data) and start the run again.", e, kept)
-            return 3
-        summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
-                                    cfg.joint_acc)
-        result = {"config": config, **summary, "task_acc": rec["task_acc"], "task_acc_final": rec["task_acc_final"],
-                  "cls_acc": rec["cls_acc"], "task_classes": data.task_classes,
-                  "memory_class_counts": rec["memory_class_counts"], "epochs": rec["epochs"],
-                  "phase_time_s": rec["phase_time_s"], "phase_samples": rec["phase_samples"], "wall_time_s": wall_before + time.perf_counter() - start,
-                  "device": str(device),
-                  "notes": {"task_acc": "best test accuracy over the epochs of each task's final training call "
-                                        "(public code protocol; model selection on the test set)",
-                            "task_acc_final": "test accuracy of the model at the end of each task",
-                            "units": "percent"}}
-        if cfg.eval_period:
-            result["anytime"] = method.anytime
-            result["A_auc"] = metrics.a_auc([p["acc"] for p in method.anytime])
-            result["notes"]["anytime"] = (f"accuracy on the test samples of the exposed classes every {cfg.eval_period} "
-                                          "stream samples of the online stream pass; A_auc = their mean")
-            log.info("A_auc %.2f over %d anytime evaluations", result["A_auc"], len(method.anytime))
-        if cfg.eval_epochs == "last_task":
-            result["notes"]["eval_epochs"] = ("last_task: before the final task only the last epoch of each training "
-                                              "call was evaluated, so task_acc of earlier tasks is their final-model "
-                                              "accuracy; A_last and A_last_final are as with 'all'")
-        tb.log_hparams(writer, config, {k: v for k, v in result.items() if k.startswith(("A_", "F_", "I_"))})
-        write_npy(out / "results" / cfg.dataset / f"{run_name}.npy", rec["task_acc"])
-        write_json(out / "results" / cfg.dataset / f"{run_name}.json", result)
-        log.info("A_last %.2f | A_avg %.2f | F_last %.2f | I_last %.2f | A_last_final %.2f | wall %.1f s",
-                 summary["A_last"], summary["A_avg"], summary["F_last"], summary["I_last"],
-                 summary["A_last_final"], result["wall_time_s"])
-        log.info("results: %s", out / "results" / cfg.dataset / f"{run_name}.json")
-        ckpt.unlink(missing_ok=True)  # the results are final; the checkpoint is not needed any more
+        return train_and_write(cfg, device, data, tasks, paths, state, start)
     finally:
-        writer.close()
-        close_logging()
         if lock is not None:
             lock.unlink(missing_ok=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,12 +14,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from main import set_seed  # noqa: E402
-from methods.base import AUG_CHUNK, EVAL_BATCH, make_optimizer  # noqa: E402
+from methods.evaluation import EVAL_BATCH  # noqa: E402
+from methods.optim import make_optimizer  # noqa: E402
+from utils.data.batches import AUG_CHUNK  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.augment import TrainAugment, normalize  # noqa: E402
-from utils.data import STATS, resolve_device  # noqa: E402
+from utils.data.augment import TrainAugment, normalize  # noqa: E402
+from utils.data.datasets import DATASETS  # noqa: E402
+from utils.data.run_data import resolve_device  # noqa: E402
 
-MEAN, STD, _ = STATS["cifar10"]
+MEAN, STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
 
 
 class PILDataset(torch.utils.data.Dataset):

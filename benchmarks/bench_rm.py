@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.collections_dir:
             args += ["--collections_dir", a.collections_dir]
         # warm the decoded-image cache so the timing is of the run, not of the first decode
-        rm_main.prepare_run(rm_main.resolve(rm_main.base_parser(rm_main.method_names()).parse_args(args)))
+        rm_main.build_run(rm_main.resolve(rm_main.base_parser(rm_main.method_names()).parse_args(args)))
         t0 = time.perf_counter()
         rc = rm_main.main(args)
         wall = time.perf_counter() - t0

@@ -15,11 +15,13 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from main import set_seed  # noqa: E402
-from methods.base import AUG_CHUNK, make_optimizer  # noqa: E402
+from methods.optim import make_optimizer  # noqa: E402
+from utils.data.batches import AUG_CHUNK  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import data as D  # noqa: E402
-from utils.augment import normalize  # noqa: E402
-from utils.streaming import StreamingImages, get_pool, pool_size  # noqa: E402
+from utils.data import folder as D  # noqa: E402
+from utils.data.run_data import resolve_device  # noqa: E402
+from utils.data.augment import normalize  # noqa: E402
+from utils.data.streaming import StreamingImages, get_pool, pool_size  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    dev = D.resolve_device(a.device)
+    dev = resolve_device(a.device)
     root = Path(a.root)
     t0 = time.perf_counter()
     make_folder(root, a.n, a.classes, a.side, a.seed)

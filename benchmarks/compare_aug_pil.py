@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from randaugment import CIFAR10Policy, RandAugment
     from torchvision import transforms
 
-    from utils.augment import autoaugment_cifar10, crop_flip, randaugment
-    from utils.prepare import read_split
+    from utils.data.augment import autoaugment_cifar10, crop_flip, randaugment
+    from utils.prepare.idx import read_split
 
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     x = read_split(a.mnist, "test")[0][: a.n].copy()

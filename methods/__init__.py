@@ -6,7 +6,7 @@ import pkgutil
 from pathlib import Path
 
 REGISTRY: dict[str, type] = {}
-_NOT_METHODS = {"base", "memory"}
+_NOT_METHODS = {"base", "distill", "evaluation", "memory", "optim", "regularization", "trainer"}  # hold no method
 
 
 def register(name: str):

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods import register
-from methods.base import EVAL_BATCH, FitResult, Method
+from methods.base import Method
 from methods.distill import kd_loss
-from methods.memory import MANAGERS, build_manager, rank_within_class
+from methods.evaluation import EVAL_BATCH
+from methods.memory.base import rank_within_class
 
 logger = logging.getLogger("rm")
 
@@ -51,20 +52,17 @@ def bias_layer_step(p: torch.Tensor, opt: torch.optim.Optimizer, raw: torch.Tens
 class BiC(Method):
     """Stage 1: fine-tuning on stream + memory with (optional) distillation from the model of the
     previous task; stage 2 (t > 0): the bias layer of task t (alpha, beta on the classes first
-    exposed in task t) trained on the held-out set. Earlier layers stay frozen and all are applied."""
+    exposed in task t) trained on the held-out set. Earlier layers stay frozen and all are applied.
+    A task's accuracy is its final model's (the public BiC records it, not the best epoch's)."""
+
+    default_memory = "prototype"
+    task_acc_is_final = True
 
     def __init__(self, cfg, data, device: torch.device, writer=None) -> None:
-        has_proto = "prototype" in MANAGERS  # checked when built: every method module is imported by then
-        self.default_memory = "prototype" if has_proto else "random"
+        self.valid_size = round(cfg.memory_size * VALID_FRACTION)
         super().__init__(cfg, data, device, writer)
-        if not has_proto and cfg.mem_manage in (None, "default"):
-            logger.warning("bic: the 'prototype' memory manager is not available; default memory falls back to 'random'")
         if self.cutmix:
             logger.info("bic: cutmix is ignored (the public BiC trainer has none)")
-        self._aug = self.train_aug
-        self._old_chunk: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.valid_size = round(cfg.memory_size * VALID_FRACTION)
-        self.memory = build_manager(self.mem_manage, cfg.memory_size - self.valid_size, data.train_labels)
         self.heldout = torch.empty(0, dtype=torch.long, device=device)
         self.first_task = torch.zeros(data.n_classes, dtype=torch.long, device=device)  # layer index per class
         self.layers: list[torch.Tensor] = [torch.tensor([1.0, 0.0], device=device)]  # task 0: identity, never trained
@@ -72,6 +70,10 @@ class BiC(Method):
         self.new_classes: list[int] = []
         self.lam = 0.0
         self._refresh()
+
+    def memory_size(self) -> int:
+        """The memory gets what the held-out set leaves (public: valid_size = round(0.1 * memory_size))."""
+        return self.cfg.memory_size - self.valid_size
 
     def _refresh(self) -> None:
         ab = torch.stack(self.layers)[self.first_task]
@@ -87,8 +89,6 @@ class BiC(Method):
         self.old_model = None
         if task_id > 0 and self.cfg.distilling:  # frozen copy of the previous task's model (before the new head)
             self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self._old_chunk = None
-        self.train_aug = self._aug if self.old_model is None else self._aug_with_old_logits
         super().before_task(task_id, stream, test_idx)
         self.new_classes = sorted(self.exposed - learned)
         self.lam = len(learned) / max(len(self.exposed), 1)  # public: len(learned) / len(exposed)
@@ -112,33 +112,26 @@ class BiC(Method):
         logger.info("BiC task %d: %s; lambda %.3f; held-out %d (%d per class), memory budget %d", task_id, what,
                     self.lam, len(self.heldout), per, self.memory.size)
 
-    def _aug_with_old_logits(self, imgs: torch.Tensor) -> torch.Tensor:
-        """The training augmentation, plus the frozen old model's scores for the whole chunk in a few
-        large passes (eval mode: per sample, so equal to per-batch passes) instead of one per step."""
-        x = self._aug(imgs)
-        with torch.no_grad():
-            old = torch.cat([self.correct(self.old_model(x[s:s + EVAL_BATCH])) for s in range(0, len(x), EVAL_BATCH)])
-        self._old_chunk = (x, old)
-        return x
+    @torch.no_grad()
+    def old_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen old model's bias-corrected scores of augmented images ``x`` (eval mode: per
+        sample, so a chunk in a few large passes equals one pass per batch)."""
+        return torch.cat([self.correct(self.old_model(x[s:s + EVAL_BATCH])) for s in range(0, len(x), EVAL_BATCH)])
 
-    def _old_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """The old model's scores of x: sliced from the chunk when x is a view of it, else computed."""
-        if self._old_chunk is not None:
-            xa, old = self._old_chunk
-            if x.untyped_storage().data_ptr() == xa.untyped_storage().data_ptr() \
-                    and x.is_contiguous() and xa.is_contiguous():
-                r = (x.storage_offset() - xa.storage_offset()) // max(x[0].numel(), 1)
-                return old[r:r + len(x)]
-        with torch.no_grad():
-            return self.correct(self.old_model(x))
+    def chunk_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """With distillation: the old model's scores of the whole augmented chunk."""
+        return None if self.old_model is None else {"old_logits": self.old_scores(x)}
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
-        """(1 - lam) * CE + lam * KD on bias-corrected logits with --distilling (public code), else CE."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
+                   extra: dict[str, torch.Tensor] | None = None):
+        """(1 - lam) * CE + lam * KD on bias-corrected logits with --distilling (public code), else CE;
+        the old model's scores come from ``extra["old_logits"]`` (computed here when not given)."""
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.correct(self.model(x))
         loss = F.cross_entropy(logits, y)
         if self.old_model is not None:
-            loss = self.lam * kd_loss(self._old_scores(x), logits, T_DISTILL) + (1.0 - self.lam) * loss
+            old = extra["old_logits"] if extra is not None else self.old_scores(x)
+            loss = self.lam * kd_loss(old, logits, T_DISTILL) + (1.0 - self.lam) * loss
         loss.backward()
         self.optimizer.step()
         return loss, logits, y
@@ -147,19 +140,9 @@ class BiC(Method):
     def eval_scores(self, x: torch.Tensor) -> torch.Tensor:
         return self.correct(self.predict_logits(x))
 
-    def train_memory(self, task_id: int) -> FitResult:
-        return self._stage2(task_id, super().train_memory(task_id))
-
-    def train_offline(self, task_id: int) -> FitResult:
-        return self._stage2(task_id, super().train_offline(task_id))
-
-    def _stage2(self, task_id: int, res: FitResult) -> FitResult:
-        """Bias correction after the task's last training call; the task accuracy is the accuracy
-        after it (the public BiC records this final accuracy, not the best epoch)."""
-        if not self.train_bias_layer(task_id):
-            return FitResult(best_acc=res.last["avg_acc"], last=res.last, epochs=res.epochs)
-        ev = self.timed_eval(self.test_idx)
-        return FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+    def after_training(self, task_id: int) -> bool:
+        """Stage 2 after the task's last training call: the bias correction."""
+        return self.train_bias_layer(task_id)
 
     def train_bias_layer(self, task_id: int) -> bool:
         """Adam (lr 1e-3), n_epoch epochs, batches of 100 of the augmented held-out set, model frozen."""
@@ -177,9 +160,9 @@ class BiC(Method):
             for s in range(0, len(perm), BIAS_BATCH):
                 idx = perm[s:s + BIAS_BATCH]
                 with torch.no_grad():
-                    raw = self.model(self._aug(imgs[idx]))
+                    raw = self.model(self.train_aug(imgs[idx]))
                 loss_sum += bias_layer_step(p, opt, raw, labels[idx], mask, self.alpha, self.beta)
-            self._count("bias_correction", len(perm))
+            self.count("bias_correction", len(perm))
         self.layers[task_id] = p.detach()
         self._refresh()
         alpha, beta = self.layers[task_id].tolist()
@@ -189,3 +172,13 @@ class BiC(Method):
             self.writer.add_scalar("BiC/alpha", alpha, task_id)
             self.writer.add_scalar("BiC/beta", beta, task_id)
         return True
+
+    def extra_state(self) -> dict:
+        return {"heldout": self.heldout.cpu(), "first_task": self.first_task.cpu(),
+                "layers": [t.cpu() for t in self.layers]}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.heldout = state["heldout"].to(self.device)
+        self.first_task = state["first_task"].to(self.device)
+        self.layers = [t.to(self.device) for t in state["layers"]]
+        self._refresh()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from methods import register
-from methods.base import FitResult, Method, make_optimizer
+from methods.base import Method
 
 
 @register("gdumb")
@@ -14,26 +14,13 @@ class GDumb(Method):
 
     default_memory = "class_balanced"
 
-    def before_task(self, task_id, stream, test_idx) -> None:
-        super().before_task(task_id, stream, test_idx)
-        self._memory_done = False
+    def training_calls(self, online: bool) -> list[tuple[str, int]]:
+        """Online or offline: one call on the memory (updated before it)."""
+        return [("memory", self.cfg.n_epoch)]
 
     def replace_head(self, n_out: int) -> None:
         """The model is rebuilt before training, so the head is not replaced here."""
 
-    def update_memory(self, task_id: int) -> None:
-        if not self._memory_done:
-            super().update_memory(task_id)
-            self._memory_done = True
-
-    def train_stream(self, task_id: int) -> FitResult:
-        return FitResult(best_acc=0.0)
-
-    def train_memory(self, task_id: int) -> FitResult:
-        self.update_memory(task_id)
-        self.model = self.new_model(max(self.num_learning_class, max(self.exposed, default=-1) + 1))
-        self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model, self.cfg.sched_name)
-        return self.fit(task_id, self.cfg.n_epoch, "memory")
-
-    def train_offline(self, task_id: int) -> FitResult:
-        return self.train_memory(task_id)
+    def before_fit(self, phase: str) -> None:
+        self.model = self.new_model(self.head_size())
+        self.build_optimizer()

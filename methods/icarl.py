@@ -1,19 +1,17 @@
 """iCaRL (public methods/icarl.py): growing bias-free head, CE + BCE distillation, nearest-mean prediction."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from methods import register
-from methods.base import EVAL_BATCH, FitResult, Method, make_optimizer
-from methods.prototype import FeatureHeadNet, class_means, method_featurizer, nme_scores
-from utils.augment import cutmix, normalize
-
-logger = logging.getLogger("rm")
+from methods.base import Method
+from methods.evaluation import EVAL_BATCH
+from methods.optim import make_optimizer
+from models.feature_head import FeatureHeadNet
+from utils.data.augment import cutmix, normalize
 
 
 def new_class_ce(logits: torch.Tensor, y: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -29,11 +27,29 @@ def distillation_loss(logits: torch.Tensor, q: torch.Tensor, old: torch.Tensor, 
     return (bce * old).sum() / old.sum().clamp_min(1)
 
 
+def class_means(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per class: mean of the (L2-normalised) features, L2-normalised; zeros for a class with no
+    sample (public icarl_evaluation)."""
+    d = features.shape[1] if features.dim() == 2 else 0
+    sums = torch.zeros(n_classes, d, device=features.device).index_add_(0, labels, features.float())
+    counts = torch.bincount(labels, minlength=n_classes)[:n_classes].clamp_min(1).unsqueeze(1)
+    return F.normalize(sums / counts, dim=1)
+
+
+def nme_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Nearest-mean-of-exemplars scores: minus the squared Euclidean distance of each
+    (L2-normalised) feature to each class mean, so argmax/top-k give the nearest means."""
+    d2 = (features * features).sum(1, keepdim=True) - 2 * features @ means.T + (means * means).sum(1)
+    return -d2
+
+
 @register("icarl")
 class ICaRL(Method):
-    """iCaRL as the public code trains it; herding memory (``prototype``) by default."""
+    """iCaRL as the public code trains it; herding memory (``prototype``) by default. Evaluated once
+    per task, after the memory update (the public train() evaluates only at its end)."""
 
     default_memory = "prototype"
+    eval_every_epoch = False
     # Public code: the optimizer is built over the feature extractor only, so the head and the
     # BN affine parameters of ICaRLNet keep their initial values. True trains them too.
     train_head = False
@@ -43,8 +59,7 @@ class ICaRL(Method):
         self.n_learned = 0  # classes learned before this task (public num_learned_class)
         self.targets = torch.empty(0, 0, device=device)  # stored sigmoid outputs, one row per old sample
         self.target_row = torch.full((len(data.train_labels),), -1, dtype=torch.long, device=device)
-        self.means: torch.Tensor | None = None
-        self.mem_done = False
+        self.means: torch.Tensor | None = None  # class means of the exemplars, per evaluation
 
     # ----------------------------------------------------------------- model
     def new_model(self, n_out: int) -> nn.Module:
@@ -59,32 +74,21 @@ class ICaRL(Method):
             new.weight[:r] = old.weight[:r]
         self.model.fc = new
 
-    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
-        super().before_task(task_id, stream, test_idx)
-        self.mem_done = False
-        self.means = None
-        if not self.train_head:
-            for p in (*self.model.fc.parameters(), *self.model.bn.parameters()):
-                p.requires_grad_(False)
-            self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model.extractor,
-                                                            self.cfg.sched_name)
+    def build_optimizer(self) -> None:
+        if self.train_head:
+            return super().build_optimizer()
+        for p in (*self.model.fc.parameters(), *self.model.bn.parameters()):
+            p.requires_grad_(False)
+        self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model.extractor,
+                                                        self.cfg.sched_name)
 
     def after_task(self, task_id: int) -> None:
         self.n_learned = self.n_out
 
-    # ----------------------------------------------------------------- memory
-    def update_memory(self, task_id: int) -> None:
-        """Once per task (public already_mem_update), with this model's features for herding."""
-        if self.mem_done:
-            return
-        self.mem_done = True
-        if not self.memory.needs_features:
-            return super().update_memory(task_id)
-        self.memory.update(self.stream, task_id, self.num_learning_class, featurizer=method_featurizer(self))
-        logger.info("Memory (%s) after task %d: %d samples, per class %s", self.mem_manage, task_id, len(self.memory),
-                    self.memory.class_counts(self.data.n_classes))
-
     # ----------------------------------------------------------------- training
+    def before_fit(self, phase: str) -> None:
+        self.store_targets(self.call_pool(phase))
+
     @torch.no_grad()
     def store_targets(self, pool: torch.Tensor) -> None:
         """sigmoid outputs of the model before this training call, for the old-class samples of
@@ -107,7 +111,8 @@ class ICaRL(Method):
             batches = [b[torch.argsort((labels[b] < self.n_learned).to(torch.int8), stable=True)] for b in batches]
         return batches
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
+                   extra: dict[str, torch.Tensor] | None = None):
         """CE on new-class samples (+ cutmix on them, second forward pass, as the public code) and
         BCE distillation of the old classes' outputs on old-class samples (stored targets of the
         training-set indices ``idx``). Only a cutmix step reads its new-class count on the host."""
@@ -128,34 +133,10 @@ class ICaRL(Method):
         self.optimizer.step()
         return loss, logits, y
 
-    def fit(self, task_id: int, n_epoch: int, phase: str) -> FitResult:
-        """Train, then (except in the online stream pass) update the memory and evaluate once with
-        the nearest mean of exemplars: the public train() evaluates only at its end."""
-        pool = self.memory.indices if phase == "memory" else torch.cat([self.stream, self.memory.indices])
-        self.store_targets(pool)
-        self.phase = phase
-        res = FitResult(best_acc=0.0)
-        for epoch in range(n_epoch):
-            res.epochs.append(self.train_epoch(epoch, phase))
-        self.after_fit(task_id, phase)
-        if phase != "stream":
-            self.update_memory(task_id)
-            self.means = None
-            ev = self.timed_eval(self.test_idx)
-            if res.epochs:
-                res.epochs[-1].update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
-            res.best_acc, res.last = ev["avg_acc"], ev
-        for rec in res.epochs:
-            self.log_epoch(task_id, phase, rec)
-        return res
-
     # ----------------------------------------------------------------- evaluation
-    def anytime_accuracy(self, test_idx: torch.Tensor) -> float:
-        """Nearest-mean accuracy with the class means of this moment (not kept afterwards)."""
-        self.means = None
-        acc = super().anytime_accuracy(test_idx)
-        self.means = None
-        return acc
+    def before_eval(self) -> None:
+        """The class means of this moment's exemplars, used by every batch of this evaluation."""
+        self.means = self.exemplar_means()
 
     @torch.no_grad()
     def exemplar_means(self) -> torch.Tensor:
@@ -163,7 +144,7 @@ class ICaRL(Method):
         mem = self.memory.indices
         if len(mem) == 0:
             return torch.zeros(self.n_out, self.cfg.feature_size, device=self.device)
-        return class_means(method_featurizer(self)(mem), self.data.train_labels[mem], self.n_out)
+        return class_means(self.featurizer()(mem), self.data.train_labels[mem], self.n_out)
 
     @torch.no_grad()
     def eval_scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,3 +153,10 @@ class ICaRL(Method):
             self.means = self.exemplar_means()
         feats = F.normalize(self.model.features(normalize(x, self.data.mean, self.data.std)), dim=1)
         return nme_scores(feats, self.means)
+
+    # ----------------------------------------------------------------- state
+    def extra_state(self) -> dict:
+        return {"n_learned": self.n_learned}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.n_learned = state["n_learned"]

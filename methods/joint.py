@@ -1,8 +1,10 @@
 """Joint training: one task holding all the training data (the upper bound behind I_last)."""
 from __future__ import annotations
 
+import torch
+
 from methods import register
-from methods.base import FitResult, Method, make_optimizer
+from methods.base import Method
 
 
 @register("joint")
@@ -12,26 +14,19 @@ class Joint(Method):
     no memory, and is evaluated on every test sample."""
 
     default_memory = "random"  # never filled
-    single_task = True  # main.py merges every task into one
+    single_task = True  # every task merged into one
 
     def __init__(self, cfg, data, device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
         self.model = self.new_model(data.n_classes)
-        self.optimizer, self.scheduler = make_optimizer(cfg.opt_name, cfg.lr, self.model, cfg.sched_name)
+        self.build_optimizer()
 
-    def before_task(self, task_id, stream, test_idx) -> None:
+    def training_calls(self, online: bool) -> list[tuple[str, int]]:
+        return [("offline", self.cfg.n_epoch)]
+
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
         self.stream = stream
-        self.test_idx = test_idx
         self.exposed |= set(range(self.data.n_classes))
 
     def update_memory(self, task_id: int) -> None:
         """Joint keeps no memory."""
-
-    def train_stream(self, task_id: int) -> FitResult:
-        return FitResult(best_acc=0.0)
-
-    def train_memory(self, task_id: int) -> FitResult:
-        return self.fit(task_id, self.cfg.n_epoch, "offline")
-
-    def train_offline(self, task_id: int) -> FitResult:
-        return self.fit(task_id, self.cfg.n_epoch, "offline")

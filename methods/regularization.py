@@ -8,14 +8,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from methods.base import Method, shuffled_batches
+from methods.base import Method
+from utils.data.batches import shuffled_batches
 
 FISHER_CHUNK = 512  # samples per vmapped Fisher chunk (per-batch gradients of the chunk live at once)
 
 
+HEAD = "fc"  # the models' head module: its parameters are never regularised
+
+
 def reg_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Regularised parameters by name: all but the last two tensors (the head's weight and bias)."""
-    return {n: p for n, p in list(model.named_parameters())[:-2] if p.requires_grad}
+    """Regularised parameters by name: every trainable parameter outside the head ``fc``."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] != HEAD}
 
 
 class _Quadratic(torch.autograd.Function):
@@ -50,6 +54,10 @@ class QuadraticPenalty:
             self.slots = []
         self.slots.append(({n: t.detach().clone() for n, t in importance.items()},
                            {n: t.detach().clone() for n, t in anchor.items()}))
+        self._merge()
+
+    def _merge(self) -> None:
+        """The slots as one quadratic, over the parameter names of the newest slot (float64 sums)."""
         self._merged, const = {}, 0.0
         for n, imp0 in self.slots[-1][0].items():
             pairs = [(s[0][n].double(), s[1][n].double()) for s in self.slots if n in s[0]]
@@ -61,6 +69,16 @@ class QuadraticPenalty:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def state_dict(self) -> dict:
+        return {"slots": [[{n: t.cpu() for n, t in imp.items()}, {n: t.cpu() for n, t in anc.items()}]
+                          for imp, anc in self.slots]}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.slots = [({n: t.to(device) for n, t in imp.items()}, {n: t.to(device) for n, t in anc.items()})
+                      for imp, anc in state["slots"]]
+        if self.slots:
+            self._merge()
 
     def __call__(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The penalty at ``params`` (names absent from the slots are not penalised); None if empty."""
@@ -123,10 +141,6 @@ class RegularizedMethod(Method):
     def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         return self.penalty_loss()
 
-    def call_pool(self, phase: str) -> torch.Tensor:
-        """The samples of the training call that just ended (its train loader's data set)."""
-        return self.memory.indices if phase == "memory" else torch.cat([self.stream, self.memory.indices])
-
     def importance(self, task_id: int, phase: str) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -135,6 +149,13 @@ class RegularizedMethod(Method):
         imp = self.importance(task_id, phase)
         self.penalty.add(imp, anchor, replace=self.online_reg and len(self.penalty) > 0)
         self.n_calls += 1
+
+    def extra_state(self) -> dict:
+        return {"penalty": self.penalty.state_dict(), "n_calls": self.n_calls}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.penalty.load_state_dict(state["penalty"], self.device)
+        self.n_calls = state["n_calls"]
 
     def fisher(self, phase: str) -> dict[str, torch.Tensor]:
         """Fisher over the call's data: training augmentation, shuffled batches, last partial dropped."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods.base import Method, shuffled_batches
+from methods.base import Method
+from utils.data.batches import shuffled_batches
 
 
 @register("rm")

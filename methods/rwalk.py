@@ -39,10 +39,11 @@ class RWalk(RegularizedMethod):
         self.score: dict[str, torch.Tensor] | None = None
         self.steps = 0
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
+                   extra: dict[str, torch.Tensor] | None = None):
         params = reg_params(self.model)
         old = {n: p.detach().clone() for n, p in params.items()} if self.score_rule == "paper" else None
-        out = super().train_step(x, y, idx)
+        out = super().train_step(x, y, idx, extra)
         if self.steps > 0:
             self.update_fisher_and_score(params, old)
         self.steps += 1
@@ -76,3 +77,14 @@ class RWalk(RegularizedMethod):
             self.score = {n: 0.5 * self.score.get(n, torch.zeros_like(p)) + 0.5 * call[n] for n, p in params.items()}
         self.call_score = {}
         return {n: self.fisher_ema.get(n, torch.zeros_like(p)) + self.score[n] for n, p in params.items()}
+
+    def extra_state(self) -> dict:
+        cpu = lambda d: None if d is None else {n: t.cpu() for n, t in d.items()}  # noqa: E731
+        return {**super().extra_state(), "fisher_ema": cpu(self.fisher_ema), "call_score": cpu(self.call_score),
+                "score": cpu(self.score), "steps": self.steps}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        dev = lambda d: None if d is None else {n: t.to(self.device) for n, t in d.items()}  # noqa: E731
+        self.fisher_ema, self.call_score = dev(state["fisher_ema"]), dev(state["call_score"])
+        self.score, self.steps = dev(state["score"]), state["steps"]

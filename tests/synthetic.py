@@ -1,11 +1,14 @@
-"""A method built on random 28x28 grey images (label = index % n_cls), for unit tests of one method."""
+"""A method (and a trainer around it) on random 28x28 grey images (label = index % n_cls), for unit tests."""
 from __future__ import annotations
 
 import torch
 
 from configuration.config import base_parser, resolve
 from methods import build_method, method_names
-from utils.data import ImageSet, RunData
+from methods.base import Method
+from methods.trainer import Settings, Trainer
+from utils.data.folder import ImageSet
+from utils.data.run_data import RunData
 
 
 def synthetic_method(argv: list[str], n_cls: int, per_cls: int, task_classes: list | None = None):
@@ -23,3 +26,8 @@ def synthetic_method(argv: list[str], n_cls: int, per_cls: int, task_classes: li
     data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), n_cls,
                    task_classes or [])
     return build_method(cfg.mode, cfg, data, torch.device("cpu"))
+
+
+def trainer_for(method: Method) -> Trainer:
+    """A trainer of ``method`` with no task list: tests call ``begin_task`` and ``fit`` themselves."""
+    return Trainer(method, method.data, [], Settings.from_config(method.cfg))

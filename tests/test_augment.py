@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from utils import augment as A
+from utils.data import augment as A
 
 FILL = 128
 

@@ -111,14 +111,23 @@ def test_train_step_loss_is_lam_kd_plus_one_minus_lam_ce():
     m.before_task(1, stream_of([5, 6, 7, 8, 9]), test)
     assert m.old_model is not None and m.lam == 0.5  # 5 learned / 10 exposed
     y = torch.tensor([0, 5, 6, 7, 1, 8, 9, 2])
-    chunk = m.train_aug(m.data.train.images[:24])  # the old model's scores come with the chunk
-    for x in (chunk[8:16], torch.randn(8, 1, 28, 28)):  # a batch sliced from it, and a stray batch
+    chunk = m.train_aug(m.data.train.images[:24])
+    extras = m.chunk_extras(chunk)  # the old model's scores of the whole chunk, handed to each step
+    assert extras["old_logits"].shape == (24, 10)
+    batch = chunk[8:16]
+    cases = [(batch, {"old_logits": extras["old_logits"][8:16]}),  # a batch's rows of the chunk's extras
+             (batch, {"old_logits": torch.zeros(8, 10)}),  # the extras are what is used: uniform targets
+             (torch.randn(8, 1, 28, 28), None)]  # no extras: computed by the step
+    for x, extra in cases:
         m.model.train()
         with torch.no_grad():
-            new, old = m.model(x), m.old_model(x)
+            new = m.model(x)
+            old = m.old_model(x) if extra is None else extra["old_logits"]
             expected = 0.5 * kd_loss(old, new) + 0.5 * nn.functional.cross_entropy(new, y)
-        loss, _, _ = m.train_step(x, y)
+        loss, _, _ = m.train_step(x, y, None, extra)
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(extras["old_logits"][8:16], m.old_model(batch), atol=1e-6)
 
 
 def test_held_out_is_ten_percent_of_memory_and_never_trained_on():
@@ -152,7 +161,10 @@ def test_bic_runs_end_to_end(mnist_dir: Path, tmp_path: Path, split: str, env: s
     res = json.loads(path.read_text())
     assert len(res["task_acc"]) == 5 and all(math.isfinite(a) and 0 <= a <= 100 for a in res["task_acc"])
     assert math.isfinite(res["A_last"]) and res["A_last"] == res["A_last_final"]  # BiC records the final model
-    assert res["A_last"] > 10 if split == "disjoint" else res["A_last"] >= 0
+    # chance is 10 (blurry10: 10 classes) or below (disjoint: 2 new classes of 10 learned last);
+    # measured here for blurry10, seeds 1 and 2: 24.0 and 24.5 without distillation, 18.6 and 19.2 with
+    # (from task 1 on the distilled model only distils its own task-0 self: see the README)
+    assert res["A_last"] > (10 if split == "disjoint" else 14), res["task_acc"]
     assert all(sum(c) == 90 for c in res["memory_class_counts"])  # 100 - 10 held out
     log = (tmp_path / "logs" / "mnist" / f"{res['config']['run_name']}.log").read_text()
     if split == "disjoint":  # two new classes per task: stage 2 runs after tasks 1..4
@@ -161,8 +173,7 @@ def test_bic_runs_end_to_end(mnist_dir: Path, tmp_path: Path, split: str, env: s
         assert "BiC stage 2" not in log and "stage 2 skipped" in log
 
 
-def test_default_memory_is_prototype_when_registered_else_random():
-    from methods.memory import MANAGERS
+def test_default_memory_is_prototype():
     m = make_bic("--mem_manage", "default")
-    assert m.mem_manage == ("prototype" if "prototype" in MANAGERS else "random")
+    assert m.mem_manage == "prototype"
     assert m.memory.size == 90 and m.valid_size == 10

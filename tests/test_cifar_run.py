@@ -11,7 +11,7 @@ import torch
 
 import main as rm_main
 from tests.test_prepare_cifar import CIFAR10_NAMES, hand_image, hand_row, py2_pickle, standard_index
-from utils.data import load_split
+from utils.data.folder import load_split
 from utils.prepare import prepare
 
 N_TRAIN, N_TEST = 6, 2  # images per class

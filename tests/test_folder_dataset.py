@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import main as rm_main
-from utils import data as D
+from utils.data import folder as D
 
 
 def save(path: Path, arr: np.ndarray) -> None:

@@ -12,9 +12,11 @@ import main as rm_main
 from configuration.config import base_parser, resolve
 from methods.icarl import ICaRL, distillation_loss, new_class_ce
 from methods.memory import build_manager
-from methods.prototype import class_means, herding, nme_scores
-from utils.augment import normalize
-from utils.data import ImageSet, RunData
+from methods.icarl import class_means, nme_scores
+from methods.memory.herding import herding
+from utils.data.augment import normalize
+from utils.data.folder import ImageSet
+from utils.data.run_data import RunData
 
 # five unit features: a=(1,0) b=(.6,.8) c=(.6,-.8) d=(0,1) e=(.8,.6)
 FIVE = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8], [0.0, 1.0], [0.8, 0.6]])
@@ -192,8 +194,8 @@ def test_icarl_offline_disjoint_runs_and_learns(mnist_dir, tmp_path):
 
 @pytest.mark.parametrize("mode", ["rm", "finetune"])
 def test_prototype_memory_for_other_methods(mnist_dir, tmp_path, mode):
-    from configuration.config import MEM_MANAGERS
-    assert "prototype" in MEM_MANAGERS, "configuration/config.py must offer --mem_manage prototype (SPEC section 4)"
+    from configuration.config import mem_manager_choices
+    assert "prototype" in mem_manager_choices(), "--mem_manage must offer prototype (SPEC section 4)"
     # herding on the model's penultimate features; measured A_last: rm 61.1, 59.9; finetune 43.4, 49.3 (seeds 1, 2)
     res = _run(mnist_dir, tmp_path, "--mode", mode, "--mem_manage", "prototype", "--exp_name", "blurry30")
     assert res["config"]["mem_manage_resolved"] == "prototype"

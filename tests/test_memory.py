@@ -1,7 +1,10 @@
 """Memory managers on hand-made inputs with hand-computed selections."""
 import torch
 
-from methods.memory import (ReservoirMemory, build_manager, class_balanced_random, diverse_by_uncertainty)
+from methods.memory import build_manager
+from methods.memory.base import class_balanced_random
+from methods.memory.reservoir import ReservoirMemory
+from methods.memory.uncertainty import diverse_by_uncertainty
 
 
 def test_unknown_manager_lists_valid_names():
@@ -64,14 +67,24 @@ def test_diverse_by_uncertainty_hand_computed():
 
 def test_uncertainty_manager_first_task_is_class_balanced_then_uses_scores():
     torch.manual_seed(0)
-    labels = torch.tensor([0] * 6 + [1] * 6)
+    labels = torch.tensor([0] * 6 + [1] * 6 + [0, 0, 1, 1])
     m = build_manager("uncertainty", 4, labels)
     m.update(torch.arange(12), 0, 2, scorer=lambda c: (_ for _ in ()).throw(AssertionError("no scoring in task 0")))
     assert torch.bincount(labels[m.indices], minlength=2).tolist() == [2, 2]
-    # task 1: scores = index / 100 -> per class 2 slots from (sorted) candidates, jump = n_c // 2
-    m.update(torch.tensor([], dtype=torch.long), 1, 2, scorer=lambda c: c.float() / 100)
-    old = m.indices
-    assert len(old) == 4 and torch.bincount(labels[old], minlength=2).tolist() == [2, 2]
+    old = m.indices.tolist()
+    a0, a1 = min(i for i in old if labels[i] == 0), min(i for i in old if labels[i] == 1)
+    # task 1: stream 12..15 + the 4 old samples = 8 candidates, 4 per class, 2 slots per class.
+    # scores = index / 100, so per class the sorted order is: the two old ids, then the new ones;
+    # jump = 4 // 2 = 2 keeps ranks 0 and 2: the smaller old id and the first new one
+    scored = []
+
+    def scorer(c: torch.Tensor) -> torch.Tensor:
+        scored.append(sorted(c.tolist()))
+        return c.float() / 100
+    m.update(torch.tensor([12, 13, 14, 15]), 1, 2, scorer=scorer)
+    assert scored == [sorted(old + [12, 13, 14, 15])]
+    assert m.indices.tolist() == [a0, 12, a1, 14]
+    assert m.scores is not None and len(m.scores) == 8
 
 
 def test_reservoir_sequential_semantics_hand_computed():
@@ -99,10 +112,37 @@ def test_reservoir_sequential_semantics_hand_computed():
 
 
 def test_reservoir_fills_before_replacing():
-    torch.manual_seed(0)
+    """Free slots are filled in stream order first; only the samples after them draw a slot."""
     labels = torch.zeros(100, dtype=torch.long)
-    m = build_manager("reservoir", 5, labels)
-    m.update(torch.arange(3), 0, 1)
+
+    class Fixed(ReservoirMemory):
+        def draw_slots(self, seen_at):
+            self.asked = seen_at.tolist()
+            return torch.tensor(self.draws)
+
+    m = Fixed(5, labels)
+    m.draws = []
+    m.update(torch.arange(3), 0, 1)  # fits
+    assert m.indices.tolist() == [0, 1, 2] and m.seen == 3
+    m.draws = [7, 5, 2, 9, 6]  # for samples 5..9, seen = 5..9: only sample 7 hits (slot 2)
     m.update(torch.arange(3, 10), 1, 1)
-    assert m.indices[:5].tolist()[:3] == [0, 1, 2] or len(m.indices) == 5
-    assert len(m.indices) == 5 and m.seen == 10
+    assert m.asked == [5.0, 6.0, 7.0, 8.0, 9.0]  # 3 and 4 took the free slots without a draw
+    assert m.indices.tolist() == [0, 1, 7, 3, 4] and m.seen == 10
+
+
+def test_every_manager_state_round_trips_as_data(tmp_path):
+    """state_dict -> torch.save -> torch.load(weights_only=True) -> load_state_dict gives the same memory."""
+    torch.manual_seed(0)
+    labels = torch.arange(40) % 4
+    feats = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+    for name in ("random", "reservoir", "uncertainty", "class_balanced", "prototype"):
+        m = build_manager(name, 8, labels)
+        for t in range(2):
+            m.update(torch.arange(20 * t, 20 * t + 20), t, 4, scorer=lambda c: c.float(), featurizer=lambda i: feats[i])
+        torch.save(m.state_dict(), tmp_path / "m.pt")
+        fresh = build_manager(name, 8, labels)
+        fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+        assert fresh.indices.tolist() == m.indices.tolist() and fresh.seen == m.seen, name
+        if name == "prototype":
+            assert sorted(fresh.class_mean) == [0, 1, 2, 3]
+            assert all(torch.equal(fresh.class_mean[c], m.class_mean[c]) for c in m.class_mean)

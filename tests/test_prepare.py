@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import prepare as prep
+from utils.prepare import build as prep
+from utils.prepare import cli, idx, writer
 from tests.paths import FASHION_SRC, MNIST_SRC
 from utils.prepare import PrepareError
 
@@ -57,7 +58,7 @@ def tiny(tmp_path):
     src.mkdir()
     arrays = tiny_arrays()
     for split, gz in (("train", True), ("test", False)):
-        img_name, lbl_name = prep.IDX_FILES[split]
+        img_name, lbl_name = idx.IDX_FILES[split]
         write_idx(src / img_name, arrays[split][0], gz)
         write_idx(src / lbl_name, arrays[split][1], gz)
     return src, arrays
@@ -76,8 +77,8 @@ def leftovers(data_dir: Path) -> list[str]:
 @pytest.mark.parametrize("gz", [True, False])
 def test_read_idx_roundtrip(tmp_path, gz):
     images, labels = tiny_arrays()["train"]
-    assert np.array_equal(prep.read_idx(write_idx(tmp_path / "img", images, gz)), images)
-    got = prep.read_idx(write_idx(tmp_path / "lbl", labels, gz))
+    assert np.array_equal(idx.read_idx(write_idx(tmp_path / "img", images, gz)), images)
+    got = idx.read_idx(write_idx(tmp_path / "lbl", labels, gz))
     assert got.dtype == np.uint8 and np.array_equal(got, labels)
 
 
@@ -85,17 +86,17 @@ def test_truncated_plain_names_file(tmp_path):
     path = write_idx(tmp_path / "train-images-idx3-ubyte", tiny_arrays()["train"][0], False)
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(PrepareError, match=r"train-images-idx3-ubyte: file is truncated.*download it again"):
-        prep.read_idx(path)
+        idx.read_idx(path)
     path.write_bytes(b"\x00\x00")
     with pytest.raises(PrepareError, match="train-images-idx3-ubyte: file is truncated"):
-        prep.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_truncated_gz_names_file(tmp_path):
     path = write_idx(tmp_path / "train-labels-idx1-ubyte", tiny_arrays()["train"][1], True)
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(PrepareError, match=r"train-labels-idx1-ubyte\.gz: cannot read"):
-        prep.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_extra_bytes_and_wrong_magic(tmp_path):
@@ -103,30 +104,30 @@ def test_extra_bytes_and_wrong_magic(tmp_path):
     good = idx_bytes(tiny_arrays()["test"][0])
     path.write_bytes(good + b"\x00")
     with pytest.raises(PrepareError, match="t10k-images-idx3-ubyte: file is longer than its header"):
-        prep.read_idx(path)
+        idx.read_idx(path)
     path.write_bytes(b"\x00\x00\x0d\x03" + good[4:])  # float IDX, not unsigned bytes
     with pytest.raises(PrepareError, match=r"t10k-images-idx3-ubyte: bad magic number 0x00000d03"):
-        prep.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_split_checks(tiny):
     src, arrays = tiny
-    images, labels = prep.read_split(src, "train", 12)
+    images, labels = idx.read_split(src, "train", 12)
     assert np.array_equal(images, arrays["train"][0]) and np.array_equal(labels, arrays["train"][1])
     with pytest.raises(PrepareError, match=r"train-images-idx3-ubyte\.gz: 12 samples, expected 60000"):
-        prep.read_split(src, "train", 60000)
+        idx.read_split(src, "train", 60000)
     write_idx(src / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 10, 1, 2], np.uint8), False)
     with pytest.raises(PrepareError, match=r"t10k-labels-idx1-ubyte: 1 labels outside 0\.\.9"):
-        prep.read_split(src, "test")
+        idx.read_split(src, "test")
     write_idx(src / "t10k-labels-idx1-ubyte", np.array([0, 1, 2], np.uint8), False)
     with pytest.raises(PrepareError, match="6 images but t10k-labels-idx1-ubyte has 3 labels"):
-        prep.read_split(src, "test")
+        idx.read_split(src, "test")
     write_idx(src / "t10k-images-idx3-ubyte", np.zeros((3, 32, 32), np.uint8), False)
     with pytest.raises(PrepareError, match=r"t10k-images-idx3-ubyte: expected images of shape"):
-        prep.read_split(src, "test")
+        idx.read_split(src, "test")
     (src / "t10k-images-idx3-ubyte").unlink()
     with pytest.raises(PrepareError, match=r"t10k-images-idx3-ubyte\[\.gz\]: file not found"):
-        prep.read_split(src, "test")
+        idx.read_split(src, "test")
 
 
 # ---------------------------------------------------------------- preparing
@@ -244,7 +245,7 @@ def test_download_path_reads_torchvision_raw_files(tmp_path, monkeypatch):
             self.raw_folder = os.path.join(root, "MNIST", "raw")
             os.makedirs(self.raw_folder, exist_ok=True)
             for split in ("train", "test"):
-                for base, arr in zip(prep.IDX_FILES[split], arrays[split]):
+                for base, arr in zip(idx.IDX_FILES[split], arrays[split]):
                     write_idx(Path(self.raw_folder) / base, arr, False)
 
     torchvision.datasets.MNIST = FakeMNIST
@@ -262,7 +263,7 @@ def test_download_path_reads_torchvision_raw_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- CLI
 
 def test_cli_error_exit_code(tmp_path, capsys):
-    code = prep.main(["--dataset", "mnist", "--source", str(tmp_path / "nowhere"),
+    code = cli.main(["--dataset", "mnist", "--source", str(tmp_path / "nowhere"),
                       "--data_dir", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "nowhere" in err
@@ -312,7 +313,7 @@ def test_real_data_per_class(dataset, folder, tmp_path):
         pytest.skip(f"{folder} not available")
     out = prep.prepare(dataset, folder, tmp_path / "data", per_class=5)
     for split in ("train", "test"):
-        images, labels = prep.read_split(folder, split, prep.FULL_COUNTS[split])
+        images, labels = idx.read_split(folder, split, prep.official_counts("mnist")[split])
         files = pngs(out / split)
         assert len(files) == 50
         for path in files:

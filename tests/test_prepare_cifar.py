@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import cifar
-from utils import prepare as prep
-from utils.data import load_split
+from utils.prepare import cifar
+from utils.prepare import build as prep
+from utils.prepare import cli, idx, writer
+from utils.data.folder import load_split
 from utils.prepare import PrepareError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,9 +203,9 @@ def standard_index(labels, names: list[str], rel: str) -> int:
 
 def test_class_counter_names():
     """cifar2png's names, as in the paper's split files (e.g. test/truck/0001.png ... 1000.png)."""
-    assert prep.class_counter_stems(np.array([3, 1, 3, 3, 1, 0])) == ["0001", "0001", "0002", "0003", "0002", "0001"]
-    assert prep.class_counter_stems(np.zeros(1000, dtype=np.int64))[-1] == "1000"
-    assert prep.class_counter_stems(np.array([], dtype=np.int64)) == []
+    assert writer.class_counter_stems(np.array([3, 1, 3, 3, 1, 0])) == ["0001", "0001", "0002", "0003", "0002", "0001"]
+    assert writer.class_counter_stems(np.zeros(1000, dtype=np.int64))[-1] == "1000"
+    assert writer.class_counter_stems(np.array([], dtype=np.int64)) == []
 
 
 def check_prepared(out: Path, dataset: str, per_class: int | None = None) -> None:
@@ -346,7 +347,7 @@ def test_download_path_reads_torchvision_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- bad files
 
 def run_main(capsys, dataset: str, src: Path, data: Path) -> tuple[int, str]:
-    code = prep.main(["--dataset", dataset, "--source", str(src), "--data_dir", str(data),
+    code = cli.main(["--dataset", dataset, "--source", str(src), "--data_dir", str(data),
                       "--no_count_check", "--workers", "1"])
     return code, capsys.readouterr().err
 
@@ -446,7 +447,7 @@ def test_failed_force_keeps_old_target(tmp_path, capsys):
     truncate(src / "test_batch")
     code, err = run_main(capsys, "cifar10", src, data)
     assert code == 2 and "not prepared with these settings" in err
-    code = prep.main(["--dataset", "cifar10", "--source", str(src), "--data_dir", str(data),
+    code = cli.main(["--dataset", "cifar10", "--source", str(src), "--data_dir", str(data),
                       "--no_count_check", "--force"])
     assert code == 2 and "test_batch: not a valid CIFAR pickle" in capsys.readouterr().err
     assert [p.name for p in data.iterdir()] == ["cifar10"]

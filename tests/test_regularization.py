@@ -13,7 +13,7 @@ from torch import nn
 
 import main as rm_main
 from methods.regularization import QuadraticPenalty, fisher_diagonal, reg_params
-from tests.synthetic import synthetic_method
+from tests.synthetic import synthetic_method, trainer_for
 
 N_CLS, PER_CLS = 10, 10
 HEAD = {"fc.weight", "fc.bias"}
@@ -73,9 +73,10 @@ def test_fisher_hand_computed_on_a_two_parameter_model():
 
 def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
     m = make("ewc", "--stream_env", "online")
-    m.before_task(0, torch.arange(60), torch.arange(100))
+    tr = trainer_for(m)
+    tr.begin_task(0, torch.arange(60), torch.arange(100))
     assert list(reg_params(m.model)) == BODY  # the fresh head's weight and bias are not regularised
-    m.train_stream(0)
+    tr.fit("stream", 1)
     m.update_memory(0)
     ((imp, anchor),) = m.penalty.slots
     assert set(imp) == set(anchor) == set(BODY) and not HEAD & set(imp)
@@ -103,20 +104,22 @@ def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
 @pytest.mark.parametrize("mode", ["ewc", "rwalk"])
 def test_online_replaces_one_slot_offline_adds_one_per_task(mode):
     m = make(mode, "--stream_env", "online", "--n_epoch", "1")
+    tr = trainer_for(m)
     for t in range(2):
-        m.before_task(t, torch.arange(50 * t, 50 * t + 50), torch.arange(100))
-        m.train_stream(t)
+        tr.begin_task(t, torch.arange(50 * t, 50 * t + 50), torch.arange(100))
+        tr.fit("stream", 1)
         assert len(m.penalty) == 1 and m.penalty_loss() is not None  # active in the memory epochs
         m.update_memory(t)
-        m.train_memory(t)
+        tr.fit("memory", 1)
         assert len(m.penalty) == 1
         anchor = m.penalty.slots[0][1]
         assert all(torch.equal(anchor[n], p) for n, p in reg_params(m.model).items())
     assert m.n_calls == 4
     m = make(mode, "--stream_env", "offline", "--n_epoch", "1")
+    tr = trainer_for(m)
     for t in range(3):
-        m.before_task(t, torch.arange(30 * t, 30 * t + 30), torch.arange(100))
-        m.train_offline(t)
+        tr.begin_task(t, torch.arange(30 * t, 30 * t + 30), torch.arange(100))
+        tr.fit("offline", 1)
         m.update_memory(t)
         assert len(m.penalty) == t + 1
 
@@ -184,3 +187,20 @@ def test_end_to_end_on_mnist(mnist_dir: Path, tmp_path: Path, mode, stream_env, 
         assert sum(res["cls_acc"][-1][c] for c in res["task_classes"][-1]) / 2 > 50, res["cls_acc"][-1]
     else:  # 10 classes, chance 10%
         assert res["A_last"] > 20, res["task_acc"]
+
+
+def test_regularised_parameters_are_chosen_by_name_not_position():
+    """Everything but the head ``fc``, wherever the head sits, and however many tensors it has."""
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)  # registered first: the last two tensors are the body's
+            self.body = nn.Linear(3, 4)
+            self.bn = nn.BatchNorm1d(4)
+            self.frozen = nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+    assert list(reg_params(HeadFirst())) == ["body.weight", "body.bias", "bn.weight", "bn.bias"]
+    m = make("ewc", "--init_model")  # re-initialised models keep the initial head: fc.lin + fc.bn
+    assert [n for n, _ in m.model.named_parameters() if n.startswith("fc.")] == ["fc.lin.weight", "fc.bn.weight",
+                                                                                   "fc.bn.bias"]
+    assert list(reg_params(m.model)) == BODY

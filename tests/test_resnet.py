@@ -135,9 +135,3 @@ def test_resnet_grey_input():
     assert g.stem.conv.in_channels == 1 and g(x).shape == (2, 10)
     with pytest.raises(ValueError):
         m(torch.randn(2, 2, 28, 28))
-
-
-def test_cli_model_names_are_the_models_that_exist():
-    from configuration.config import MODEL_NAMES
-    from models import MODELS
-    assert tuple(MODEL_NAMES) == tuple(MODELS)

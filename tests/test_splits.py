@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils import splits
+from utils.data import splits
 from tests.paths import MNIST_SRC, PAPER_COLL
-from utils.splits import SplitError
+from utils.data.splits import SplitError
 
 PAPER, MNIST_IDX = PAPER_COLL, MNIST_SRC
 
@@ -308,7 +308,7 @@ def test_paper_files_agree_with_mnist_labels():
     folder_ = paper_or_skip()
     if not MNIST_IDX.is_dir():
         pytest.skip("../shared/datasets/mnist not available")
-    from utils.prepare import read_idx
+    from utils.prepare.idx import read_idx
     known = set()
     for split, base in (("train", "train"), ("test", "t10k")):
         labels = read_idx(MNIST_IDX / f"{base}-labels-idx1-ubyte.gz")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import main as rm_main
-from utils import data as D
-from utils.streaming import StreamingImages
+from utils.data import folder as D
+from utils.data.streaming import StreamingImages
 
 
 def make_folder(root: Path, n_cls: int = 4, n_train: int = 6, n_test: int = 3, seed: int = 0,

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from utils import summarize as sm
+from utils.report import summarize as sm
 
 BASE = {"mode": "rm", "mem_manage": "default", "mem_manage_resolved": "uncertainty", "transforms": ["cutmix", "autoaug"],
         "dataset": "mnist", "exp_name": "blurry10", "stream_env": "online", "n_tasks": 5, "n_epoch": 5,
@@ -116,7 +116,7 @@ def test_missing_flag_in_an_older_config_takes_its_default(tmp_path):
 
 def test_forgetting_matrix_and_curve_band_by_hand():
     import numpy as np
-    from utils.plots import curve_stats, forgetting_matrix
+    from utils.report.plots import curve_stats, forgetting_matrix
     acc = np.array([[90.0, np.nan], [70.0, 80.0], [75.0, 60.0]])
     f = forgetting_matrix(acc)
     # after task 1: task 0 best before = 90 -> 90 - 70 = 20; after task 2: 90 - 75 = 15, 80 - 60 = 20
@@ -129,7 +129,7 @@ def test_forgetting_matrix_and_curve_band_by_hand():
 def test_plots_are_written_as_png(tmp_path):
     import pytest
     pytest.importorskip("matplotlib")
-    from utils.plots import write_plots
+    from utils.report.plots import write_plots
     for seed in (1, 2):
         p = write(tmp_path, f"rm_s{seed}", seed, 70.0)
         r = json.loads(p.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import main as rm_main
-from utils.tb import memory_grid
+from utils.run.tb import memory_grid
 
 
 def test_memory_grid_puts_each_class_on_its_row_by_hand():
@@ -39,6 +39,6 @@ def test_run_writes_matrix_memory_grid_histogram_and_hparams(mnist_dir, tmp_path
     assert hist.num == 100  # one bucket per class (limits c + 0.5); leading empty buckets are dropped
     assert {round(lim - 0.5): n for lim, n in zip(hist.bucket_limit, hist.bucket)} == \
         {c: n for c, n in enumerate(counts) if c >= round(hist.bucket_limit[0] - 0.5)}
-    assert ea.Scalars("MemoryCount/class_0")[-1].value >= 0
+    assert [ea.Scalars(f"MemoryCount/class_{c}")[-1].value for c in range(10)] == counts
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
     assert {"hparam/A_last", "hparam/A_last_final"} <= set(tags["scalars"])

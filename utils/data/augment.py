@@ -458,10 +458,13 @@ def cutmix(x: Tensor, y: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor, Te
     return out, y, y[perm], lam
 
 
+TRANSFORMS: tuple[str, ...] = ("cutmix", "cutout", "randaug", "autoaug")  # --transforms choices
+
+
 class TrainAugment:
     """crop_flip -> [cutout 16] -> [randaug] -> [autoaug] -> normalize; "cutmix" is only flagged for the trainer."""
 
-    VALID = ("cutmix", "cutout", "randaug", "autoaug")
+    VALID = TRANSFORMS
 
     def __init__(self, transforms: Sequence[str], mean: Sequence[float], std: Sequence[float],
                  crop_padding: int = 4) -> None:

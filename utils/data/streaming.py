@@ -40,7 +40,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.data import DataError, decode_file, mean_std, size_mismatch_error
+from utils.data.decode import DataError, decode_file, size_mismatch_error
+from utils.data.stats import mean_std
 
 DEFAULT_CACHE_BYTES = 256 << 20  # LRU of decoded images per split
 DEFAULT_PREFETCH = 1  # planned batches decoded ahead of the one being served

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.data import ImageSet
-from utils.splits import SplitError
+from utils.data.folder import ImageSet
+from utils.data.splits import SplitError
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from utils.prepare import PrepareError
+from utils.prepare.errors import PrepareError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_BYTES = 3 * 32 * 32  # one row of b"data": the R, G and B planes, each 32x32 row-major

@@ -49,9 +49,9 @@ def f_last(cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Seq
     return float(np.mean(drops)) if drops else 0.0
 
 
-def i_last(joint_acc: float, last_acc: float) -> float:
-    """Intransigence: joint (upper-bound) accuracy minus the last accuracy."""
-    return float(joint_acc - last_acc)
+def i_last(joint_acc: float | None, last_acc: float) -> float | None:
+    """Intransigence: joint (upper-bound) accuracy minus the last accuracy; None without a joint accuracy."""
+    return None if joint_acc is None else float(joint_acc - last_acc)
 
 
 def a_auc(curve_acc: Sequence[float]) -> float:
@@ -62,8 +62,8 @@ def a_auc(curve_acc: Sequence[float]) -> float:
 
 def summarize(task_acc: Sequence[float], task_acc_final: Sequence[float],
               cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Sequence[int]],
-              joint_acc: float = 0.0) -> dict[str, float]:
-    """All headline metrics of one run."""
+              joint_acc: float | None = None) -> dict[str, float | None]:
+    """All headline metrics of one run (I_last is None when no joint accuracy is known)."""
     return {
         "A_last": a_last(task_acc),
         "A_avg": a_avg(task_acc),

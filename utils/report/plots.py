@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.metrics import task_accuracy_matrix
+from utils.report.metrics import task_accuracy_matrix
 
 
 def _plt():

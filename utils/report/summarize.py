@@ -1,6 +1,6 @@
 """Summarise finished runs across seeds into the paper's kind of table (markdown, csv or latex).
 
-  python -m utils.summarize results/mnist [more folders or files] [--format markdown|csv|latex]
+  python -m utils.report.summarize results/mnist [more folders or files] [--format markdown|csv|latex]
       [--metrics A_last A_avg F_last I_last A_last_final] [--times] [--out FILE] [--plots DIR]
 
 Runs that differ only in their seed are one group: one row per method (+ memory manager,
@@ -99,12 +99,6 @@ def setting(c: dict, key: str) -> str:
     return str(v)
 
 
-def flag_defaults() -> dict:
-    """main.py's flag defaults (presets are resolved per run and saved, so not needed here)."""
-    from configuration.config import base_parser
-    return {k: v for k, v in vars(base_parser(["rm"]).parse_args([])).items() if v is not None}
-
-
 def signature(c: dict) -> dict:
     return {k: json.dumps(v, sort_keys=True) for k, v in c.items() if k not in IGNORED}
 
@@ -126,17 +120,17 @@ def summarize_runs(paths: list[Path]) -> Summary:
     s.left_out += orphan_logs([p for p in paths if p.is_dir()], {r.path.stem for r in runs} |
                               {Path(f).stem for f, _ in s.left_out})
     # settings that differ between runs of the same method / memory / transforms (other than the
-    # seed) are shown in their row label; a flag missing from an older config had its default
-    defaults = flag_defaults()
+    # seed) are shown in their row label; a flag missing from some configs (results of a version
+    # that did not have it) is not taken as a difference
     base: dict[str, list[Run]] = {}
     for r in runs:
-        r.config = {**defaults, **r.config}
         base.setdefault(" / ".join(setting(r.config, k) for k in ROW_KEYS), []).append(r)
     groups: dict[tuple[str, str], dict[int, Run]] = {}
     for label, members in base.items():
         sigs = [signature(r.config) for r in members]
         keys = sorted({k for sg in sigs for k in sg})
-        varying = [k for k in keys if k not in ROW_KEYS + COL_KEYS and len({sg.get(k) for sg in sigs}) > 1]
+        varying = [k for k in keys if k not in ROW_KEYS + COL_KEYS and all(k in sg for sg in sigs)
+                   and len({sg[k] for sg in sigs}) > 1]
         for r in sorted(members, key=lambda r: r.mtime):
             c = r.config
             extra = [f"{k}={setting(c, k)}" for k in varying]
@@ -169,8 +163,10 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def cell_text(runs: list[Run], metric: str) -> str:
+    """mean +- std (n) over the runs that have the metric; "n/a" when none has it (I_last without a
+    joint accuracy), empty when there are no runs."""
     m, sd, n = mean_std([r.result.get(metric) for r in runs])
-    return "" if n == 0 else f"{m:.2f} +- {sd:.2f} ({n})"
+    return ("n/a" if runs else "") if n == 0 else f"{m:.2f} +- {sd:.2f} ({n})"
 
 
 def dominant_phase(runs: list[Run]) -> str:
@@ -268,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(text)
         tmp.replace(a.out)
     if a.plots:
-        from utils.plots import write_plots
+        from utils.report.plots import write_plots
         for path in write_plots(s.cells, s.cols, a.plots):
             print(f"plot: {path}")
     return 0

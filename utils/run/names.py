@@ -1,13 +1,8 @@
-"""Per-run outputs: a unique run name, the log file, the saved config and atomic result files."""
+"""Run names: the default name, a unique name claimed for a new run, the lock of a resumed run."""
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
 from pathlib import Path
-
-import numpy as np
 
 
 def default_run_name(cfg) -> str:
@@ -74,56 +69,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def setup_logging(log_file: Path | None) -> logging.Logger:
-    """Log to the run's file and to stderr (the 'rm' logger)."""
-    logger = logging.getLogger("rm")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S")
-    sh = logging.StreamHandler(sys.stderr)
-    sh.setFormatter(fmt)
-    logger.addHandler(sh)
-    if log_file is not None:
-        fh = logging.FileHandler(log_file, mode="a")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
-    return logger
+class RunPaths:
+    """Where one run's outputs go under the output root: results, logs, TensorBoard, checkpoint."""
 
-
-def close_logging() -> None:
-    logger = logging.getLogger("rm")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
-
-
-def write_npy(path: Path, arr) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, np.asarray(arr))
-    os.replace(tmp, path)
-
-
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    def __init__(self, out_dir: Path, dataset: str, name: str) -> None:
+        self.name = name
+        self.results = out_dir / "results" / dataset / f"{name}.json"
+        self.npy = self.results.with_suffix(".npy")
+        self.log = out_dir / "logs" / dataset / f"{name}.log"
+        self.config = out_dir / "logs" / dataset / f"{name}.config.json"
+        self.tensorboard = out_dir / "tensorboard" / dataset / name
+        self.checkpoint = out_dir / "checkpoints" / dataset / f"{name}.pt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from utils.metrics import task_accuracy_matrix
+from utils.report.metrics import task_accuracy_matrix
 
 PER_CLASS = 8  # memory samples shown per class
 
@@ -43,21 +43,22 @@ def accuracy_figure(cls_acc: list, task_classes: list):
     return fig
 
 
-def log_task(writer, method, task_id: int, cls_acc: list, task_classes: list) -> None:
-    """After a task: accuracy matrix so far, a grid of memory samples, the memory class histogram."""
+def log_task(writer, task_id: int, cls_acc: list, task_classes: list, images: torch.Tensor, labels: torch.Tensor,
+             memory: torch.Tensor, n_classes: int) -> None:
+    """After a task: accuracy matrix so far, a grid of memory samples (training-set indices
+    ``memory`` into ``images``), the memory class histogram and per-class counts."""
     if writer is None:
         return
-    data, mem = method.data, method.memory.indices
     try:
         writer.add_figure("Accuracy/matrix", accuracy_figure(cls_acc, task_classes), task_id)
     except ImportError:  # matplotlib is optional for the run itself
         pass
-    if len(mem):
-        writer.add_image("Memory/samples", memory_grid(data.train.images, data.train_labels, mem, data.n_classes),
-                         task_id)
-        labels = data.train_labels[mem].cpu().numpy()
-        writer.add_histogram("Memory/class_histogram", labels, task_id, bins=np.arange(data.n_classes + 1) - 0.5)
-    for c, n in enumerate(method.memory.class_counts(data.n_classes)):
+    mem_labels = labels[memory]
+    if len(memory):
+        writer.add_image("Memory/samples", memory_grid(images, labels, memory, n_classes), task_id)
+        writer.add_histogram("Memory/class_histogram", mem_labels.cpu().numpy(), task_id,
+                             bins=np.arange(n_classes + 1) - 0.5)
+    for c, n in enumerate(torch.bincount(mem_labels, minlength=n_classes).tolist()):
         writer.add_scalar(f"MemoryCount/class_{c}", n, task_id)
 
 

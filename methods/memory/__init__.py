@@ -1,0 +1,7 @@
+"""Memory managers: given candidate indices (and a scorer or featurizer), keep a subset; they never train."""
+from __future__ import annotations
+
+from methods.memory import herding, reservoir, uncertainty, uniform  # noqa: F401 - each registers its managers
+from methods.memory.base import MANAGERS, Featurizer, MemoryManager, Scorer, build_manager, model_featurizer
+
+__all__ = ["MANAGERS", "Featurizer", "MemoryManager", "Scorer", "build_manager", "model_featurizer"]

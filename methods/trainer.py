@@ -1,0 +1,306 @@
+"""The trainer: the task loop, the epoch loop, evaluation (and its rule), anytime evaluation, phase timing.
+
+A method never runs a loop itself: the trainer calls its hooks (methods.base) once each, in a
+fixed order, and keeps the per-task records, the phase times and the sample counts."""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from methods.base import Method
+from methods.evaluation import evaluate
+from methods.optim import warm_start_lr
+from utils.data.batches import aug_spans
+from utils.data.folder import read_ahead
+from utils.data.run_data import RunData
+from utils.run.tb import log_task
+
+logger = logging.getLogger("rm")
+
+Task = tuple[torch.Tensor, torch.Tensor]  # (training indices, test indices) of one task
+PHASE_TIMER = {"stream": "stream_pass", "memory": "memory_epochs", "offline": "offline_epochs"}
+
+
+class DivergedError(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, task_id: int, phase: str, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss {loss} in task {task_id}, {phase} epoch {epoch + 1}")
+        self.task_id = task_id
+
+
+@dataclass
+class FitResult:
+    """One training call: best test accuracy over its epochs and the last evaluation."""
+
+    best_acc: float
+    last: dict = field(default_factory=dict)
+    epochs: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the trainer needs of the configuration."""
+
+    online: bool
+    disjoint: bool  # evaluate on the tasks so far (else on every task's test data)
+    lr: float
+    topk: int = 1
+    eval_epochs: str = "all"  # "all" or "last_task"
+    eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Settings":
+        return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
+                   eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0)
+
+
+class Trainer:
+    """Runs ``method`` over ``tasks``; ``writer`` (TensorBoard, optional) gets per-epoch scalars."""
+
+    def __init__(self, method: Method, data: RunData, tasks: list[Task], settings: Settings, writer=None) -> None:
+        self.method = method
+        self.data = data
+        self.tasks = tasks
+        self.settings = settings
+        self.writer = writer
+        self.rec: dict[str, list] = defaultdict(list)  # per-task records
+        self.timers: dict[str, float] = defaultdict(float)  # seconds per phase, evaluation excluded
+        self.samples: dict[str, int] = defaultdict(int)  # samples per phase
+        self.eval_time = 0.0
+        self.anytime: list[dict] = []  # {"task", "samples", "acc"} every eval_period stream samples
+        self.stream_seen = 0  # stream samples trained on so far (anytime evaluation)
+        self.task_id = 0
+        self.test_idx = torch.empty(0, dtype=torch.long, device=data.train_labels.device)
+        self.last_task = True
+
+    # ----------------------------------------------------------------- tasks
+    def eval_indices(self, t: int) -> torch.Tensor:
+        """blurry: the test sets of all tasks; disjoint: tasks 0..t."""
+        upto = t + 1 if self.settings.disjoint else len(self.tasks)
+        return torch.cat([self.tasks[i][1] for i in range(upto)])
+
+    def run(self, first_task: int = 0, on_task_done: Callable[[int], None] | None = None) -> dict:
+        """Every task from ``first_task`` on; ``on_task_done(t)`` after each (the checkpoint). Returns
+        the records: per-task accuracies, memory class counts, phase times and sample counts."""
+        for t in range(first_task, len(self.tasks)):
+            self.run_task(t)
+            if on_task_done is not None:
+                on_task_done(t)
+        return {**self.rec, "phase_time_s": {**self.timers, "evaluation": self.eval_time},
+                "phase_samples": {**self.samples, **self.method.samples}}
+
+    def begin_task(self, t: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
+        self.task_id = t
+        self.test_idx = test_idx
+        self.last_task = t == len(self.tasks) - 1
+        self.method.before_task(t, stream, test_idx)
+
+    def run_task(self, t: int) -> FitResult:
+        """before_task, the training calls with the memory update in its place, the evaluation,
+        after_task; then the task's records."""
+        m = self.method
+        self.begin_task(t, self.tasks[t][0], self.eval_indices(t))
+        res, updated = FitResult(best_acc=0.0), False
+        for phase, n_epoch in m.training_calls(self.settings.online):
+            if phase == "memory" and not updated:
+                self.timed("memory_update", m.update_memory, t)
+                updated = True
+            res = self.timed(PHASE_TIMER[phase], self.fit, phase, n_epoch)
+        if self.timed(PHASE_TIMER[phase], m.after_training, t):
+            ev = self.evaluate(self.test_idx)
+            res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+        if not updated:
+            self.timed("memory_update", m.update_memory, t)
+        if not m.eval_every_epoch:
+            res = self.evaluate_at_end(phase, res)
+        if m.task_acc_is_final:
+            res.best_acc = res.last["avg_acc"]
+        m.after_task(t)
+        self.record(t, res)
+        return res
+
+    def timed(self, phase: str, fn, *args):
+        """Run a hook; its time, less the evaluation inside it, goes to ``phase``."""
+        e0, t0 = self.eval_time, time.perf_counter()
+        out = fn(*args)
+        self.timers[phase] += time.perf_counter() - t0 - (self.eval_time - e0)
+        return out
+
+    def record(self, t: int, res: FitResult) -> None:
+        m, rec = self.method, self.rec
+        counts = m.memory.class_counts(self.data.n_classes)
+        rec["task_acc"].append(res.best_acc)
+        rec["task_acc_final"].append(res.last["avg_acc"])
+        rec["cls_acc"].append(res.last["cls_acc"])
+        rec["epochs"].append(res.epochs)
+        rec["memory_class_counts"].append(counts)
+        logger.info("Task %d done: task_acc (best epoch) %.2f | final model %.2f", t, res.best_acc,
+                    res.last["avg_acc"])
+        if self.writer is not None:
+            self.writer.add_scalar("Metrics/TaskAcc", res.best_acc, t)
+            self.writer.add_scalar("Metrics/TaskAccFinal", res.last["avg_acc"], t)
+            for c, a in enumerate(res.last["cls_acc"]):
+                if a is not None:
+                    self.writer.add_scalar(f"ClassAcc/class_{c}", a, t)
+            log_task(self.writer, t, rec["cls_acc"], self.data.task_classes, self.data.train.images,
+                     self.data.train_labels, m.memory.indices, self.data.n_classes)
+
+    # ----------------------------------------------------------------- training calls
+    def fit(self, phase: str, n_epoch: int) -> FitResult:
+        """One training call: ``n_epoch`` epochs, each evaluated when the rule says so."""
+        m = self.method
+        res = FitResult(best_acc=0.0)
+        m.before_fit(phase)
+        for epoch in range(n_epoch):
+            rec = self.train_epoch(phase, epoch)
+            if m.eval_every_epoch and self.evaluates_epoch(epoch, n_epoch):
+                ev = self.evaluate(self.test_idx)
+                rec.update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
+                res.best_acc = max(res.best_acc, ev["avg_acc"])
+                res.last = ev
+            res.epochs.append(rec)
+            self.log_epoch(phase, rec)
+        m.after_fit(self.task_id, phase)
+        return res
+
+    def evaluates_epoch(self, epoch: int, n_epoch: int) -> bool:
+        """Every epoch (the protocol), or with --eval_epochs last_task only the last epoch of each
+        call before the final task: evaluation has no effect on training, so the final task's
+        numbers (A_last, A_last_final) are unchanged."""
+        return self.settings.eval_epochs == "all" or self.last_task or epoch == n_epoch - 1
+
+    def evaluate_at_end(self, phase: str, res: FitResult) -> FitResult:
+        """The one evaluation of a method that is evaluated after its memory update (iCaRL)."""
+        ev = self.evaluate(self.test_idx)
+        if res.epochs:
+            res.epochs[-1].update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
+            self.log_epoch(phase, res.epochs[-1], "after the memory update")
+        return FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+
+    def train_epoch(self, phase: str, epoch: int) -> dict:
+        """One epoch at the public schedule; its record, with no test numbers yet."""
+        m = self.method
+        lr = warm_start_lr(m.optimizer, m.scheduler, self.settings.lr, epoch)
+        batches = m.epoch_batches(phase)
+        self.samples[phase] += sum(len(b) for b in batches)
+        loss, acc = self.run_epoch(phase, epoch, batches)
+        return {"epoch": epoch, "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None, "lr": lr}
+
+    def run_epoch(self, phase: str, epoch: int, batches: list[torch.Tensor]) -> tuple[float, float]:
+        """Train on the given index batches; augmentation (and ``chunk_extras``) runs on chunks of
+        whole batches; one host synchronisation per epoch."""
+        m = self.method
+        m.model.train()
+        if not batches:
+            return 0.0, 0.0
+        total_loss = torch.zeros((), device=m.device)
+        correct = torch.zeros((), device=m.device, dtype=torch.long)
+        n_seen = 0
+        imgs, labels = self.data.train.images, self.data.train_labels
+        anytime = self.anytime_hook(phase, batches)
+        k = 0
+        bar = tqdm(total=len(batches), desc="train", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)
+        spans = aug_spans([len(b) for b in batches])
+        chunks = [torch.cat(batches[i:j]) for i, j in spans]
+        read_ahead(imgs, chunks)
+        for (i, j), idx in zip(spans, chunks):
+            x_all = m.train_aug(imgs[idx])
+            y_all = labels[idx]
+            extras = m.chunk_extras(x_all)
+            o = 0
+            for b in batches[i:j]:
+                s = len(b)
+                extra = None if extras is None else {key: v[o:o + s] for key, v in extras.items()}
+                loss, logits, y = m.train_step(x_all[o:o + s], y_all[o:o + s], b, extra)
+                total_loss += loss.detach()
+                correct += (logits.detach().argmax(1) == y).sum()
+                n_seen += s
+                o += s
+                if anytime is not None:
+                    anytime(k)
+                k += 1
+            bar.update(j - i)
+        bar.close()
+        loss = total_loss.item() / len(batches)  # the epoch's one host sync
+        if not math.isfinite(loss):
+            raise DivergedError(self.task_id, phase, epoch, loss)
+        return loss, 100.0 * correct.item() / max(n_seen, 1)
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, test_idx: torch.Tensor) -> dict:
+        """The method's test accuracy on ``test_idx`` (eval mode); its time and samples are counted."""
+        m = self.method
+        t0 = time.perf_counter()
+        m.model.eval()
+        m.before_eval()
+        out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels, test_idx,
+                       self.data.n_classes, self.settings.topk)
+        self.eval_time += time.perf_counter() - t0
+        self.samples["evaluation"] += len(test_idx)
+        return out
+
+    def anytime_hook(self, phase: str, batches: list[torch.Tensor]):
+        """With eval_period N, during the online stream pass: a callback after each batch that
+        evaluates the model every N stream samples trained on (anytime accuracy, on the test
+        samples of the classes exposed so far). Stream counts: one host sync per pass."""
+        period, m = self.settings.eval_period, self.method
+        if phase != "stream" or period <= 0 or not batches:
+            return None
+        is_stream = torch.zeros(len(self.data.train_labels), dtype=torch.bool, device=self.test_idx.device)
+        is_stream[m.stream] = True
+        cum = torch.stack([is_stream[b].sum() for b in batches]).cumsum(0).tolist()
+        start = self.stream_seen
+        exposed = torch.tensor(sorted(m.exposed), device=self.test_idx.device)
+        test = self.test_idx[torch.isin(self.data.test_labels[self.test_idx], exposed)]
+
+        def after_batch(k: int) -> None:
+            before, seen = start + (cum[k - 1] if k else 0), start + cum[k]
+            if seen // period > before // period:
+                acc = self.evaluate(test)["avg_acc"]
+                m.model.train()
+                self.anytime.append({"task": self.task_id, "samples": seen, "acc": acc})
+                if self.writer is not None:
+                    self.writer.add_scalar("Metrics/AnytimeAcc", acc, seen)
+            if k == len(batches) - 1:
+                self.stream_seen = seen
+        return after_batch
+
+    # ----------------------------------------------------------------- logs
+    def log_epoch(self, phase: str, rec: dict, when: str = "") -> None:
+        t = self.task_id
+        head = f"Task {t} | {phase} | Epoch {rec['epoch'] + 1}" + (f" ({when})" if when else "")
+        if rec["test_acc"] is None:
+            keys = ("train_loss", "train_acc", "lr")
+            logger.info("%s | train_loss %.4f | train_acc %.2f | lr %.5f (no evaluation)", head, rec["train_loss"],
+                        rec["train_acc"], rec["lr"])
+        else:
+            keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+            logger.info("%s | train_loss %.4f | train_acc %.2f | test_loss %.4f | test_acc %.2f | lr %.5f", head,
+                        rec["train_loss"], rec["train_acc"], rec["test_loss"], rec["test_acc"], rec["lr"])
+        if self.writer is not None:
+            for k in keys if not when else ("test_loss", "test_acc"):
+                group, _, name = k.partition("_")
+                self.writer.add_scalar(f"task{t}/{phase}/{group}/{name}", rec[k], rec["epoch"])
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """The records and counters so far, as data."""
+        return {"rec": dict(self.rec), "timers": dict(self.timers), "samples": dict(self.samples),
+                "eval_time": self.eval_time, "anytime": list(self.anytime), "stream_seen": self.stream_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rec = defaultdict(list, state["rec"])
+        self.timers = defaultdict(float, state["timers"])
+        self.samples = defaultdict(int, state["samples"])
+        self.eval_time = state["eval_time"]
+        self.anytime = list(state["anytime"])
+        self.stream_seen = state["stream_seen"]

@@ -1,0 +1,1 @@
+"""Reporting: metrics as pure functions, summaries across runs, plots."""

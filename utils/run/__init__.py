@@ -1,0 +1,1 @@
+"""Run bookkeeping: names and logs, atomic writes, checkpoints, TensorBoard, process settings."""

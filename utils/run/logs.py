@@ -1,0 +1,32 @@
+"""The run's logger ('rm'): to its log file and to stderr."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(log_file: Path | None) -> logging.Logger:
+    """Log to the run's file and to stderr (the 'rm' logger)."""
+    logger = logging.getLogger("rm")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S")
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(sh)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def close_logging() -> None:
+    logger = logging.getLogger("rm")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
