@@ -16,9 +16,9 @@ import torch.nn.functional as F  # noqa: E402
 from main import set_seed  # noqa: E402
 from methods.evaluation import EVAL_BATCH  # noqa: E402
 from methods.optim import make_optimizer  # noqa: E402
-from utils.data.batches import AUG_CHUNK  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data.augment import TrainAugment, normalize  # noqa: E402
+from utils.data.batches import AUG_CHUNK  # noqa: E402
 from utils.data.datasets import DATASETS  # noqa: E402
 from utils.data.run_data import resolve_device  # noqa: E402
 

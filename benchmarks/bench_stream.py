@@ -16,11 +16,11 @@ from PIL import Image  # noqa: E402
 
 from main import set_seed  # noqa: E402
 from methods.optim import make_optimizer  # noqa: E402
-from utils.data.batches import AUG_CHUNK  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import folder as D  # noqa: E402
-from utils.data.run_data import resolve_device  # noqa: E402
 from utils.data.augment import normalize  # noqa: E402
+from utils.data.batches import AUG_CHUNK  # noqa: E402
+from utils.data.run_data import resolve_device  # noqa: E402
 from utils.data.streaming import StreamingImages, get_pool, pool_size  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.report.summarize import mean_std  # noqa: E402
+
 AUG = ["cutmix", "autoaug"]
 
 # SPEC section 10, MNIST, Blurry10-Online: (mean, std) of last accuracy over 3 seeds

@@ -35,7 +35,8 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--mode", default="rm", choices=modes, help="CIL method")
-    a("--mem_manage", default="default", choices=mem_manager_choices(), help="memory manager; default = the method's own")
+    a("--mem_manage", default="default", choices=mem_manager_choices(),
+      help="memory manager; default = the method's own")
     a("--dataset", default="mnist", help=f"dataset folder name under --data_dir ({', '.join(DATASETS)}, or any "
                                          f"image folder)")
     a("--exp_name", default="blurry10", help="task split: disjoint, blurry10, blurry30 (blurryM for 0<M<100)")

@@ -235,6 +235,3 @@ class Method:
 
     def load_extra_state(self, state: dict) -> None:
         pass
-
-    def to_device(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(self.device)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.paths import FASHION_SRC, MNIST_SRC, ROOT
+
 os.chdir(ROOT)  # main.py's relative defaults
 
 

@@ -9,7 +9,8 @@ intended, and say so in the commit) with:
 The runs use 1 thread and the CPU kernels every x86-64 machine runs alike (PINNED: ATen's
 portable kernels, MKL's conditional numerical reproducibility, oneDNN up to SSE4.1), so that the
 numbers do not depend on the machine's vector instructions; the script re-runs itself with that
-environment when it was started without it. It prepares MNIST (the first 300 train and 300 test images per class, from ../shared or $RM_SHARED) in a
+environment when it was started without it. It prepares MNIST (the first 300 train and 300 test
+images per class, from ../shared or $RM_SHARED) in a
 temporary folder, or uses ``--data_dir`` (a folder holding a prepared ``mnist/``).
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ CASES.update({
                                "--feature_size", "64"],
     "ewc_blurry30_offline": ["--mode", "ewc", "--exp_name", "blurry30", "--stream_env", "offline",
                              "--eval_epochs", "last_task"],
-    "rwalk_paper_offline": ["--mode", "rwalk", "--rwalk_score", "paper", "--reg_coef", "0.01", "--stream_env", "offline", "--transforms"],
+    "rwalk_paper_offline": ["--mode", "rwalk", "--rwalk_score", "paper", "--reg_coef", "0.01", "--stream_env",
+                            "offline", "--transforms"],
     "bic_disjoint_distill": ["--mode", "bic", "--exp_name", "disjoint", "--distilling"],
     "gdumb_disjoint": ["--mode", "gdumb", "--exp_name", "disjoint"],
     "finetune_prototype": ["--mode", "finetune", "--mem_manage", "prototype"],

@@ -10,9 +10,8 @@ import torch
 
 import main as rm_main
 from configuration.config import base_parser, resolve
-from methods.icarl import ICaRL, distillation_loss, new_class_ce
+from methods.icarl import ICaRL, class_means, distillation_loss, new_class_ce, nme_scores
 from methods.memory import build_manager
-from methods.icarl import class_means, nme_scores
 from methods.memory.herding import herding
 from utils.data.augment import normalize
 from utils.data.folder import ImageSet

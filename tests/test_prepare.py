@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.prepare import build as prep
-from utils.prepare import cli, idx, writer
 from tests.paths import FASHION_SRC, MNIST_SRC
-from utils.prepare import PrepareError
+from utils.prepare import PrepareError, cli, idx
+from utils.prepare import build as prep
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_IDX, FASHION_IDX = MNIST_SRC, FASHION_SRC

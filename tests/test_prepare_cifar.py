@@ -17,11 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.prepare import cifar
-from utils.prepare import build as prep
-from utils.prepare import cli, idx, writer
 from utils.data.folder import load_split
-from utils.prepare import PrepareError
+from utils.prepare import PrepareError, cifar, cli, writer
+from utils.prepare import build as prep
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",

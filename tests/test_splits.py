@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.data import splits
 from tests.paths import MNIST_SRC, PAPER_COLL
+from utils.data import splits
 from utils.data.splits import SplitError
 
 PAPER, MNIST_IDX = PAPER_COLL, MNIST_SRC

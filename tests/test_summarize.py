@@ -116,6 +116,7 @@ def test_missing_flag_in_an_older_config_takes_its_default(tmp_path):
 
 def test_forgetting_matrix_and_curve_band_by_hand():
     import numpy as np
+
     from utils.report.plots import curve_stats, forgetting_matrix
     acc = np.array([[90.0, np.nan], [70.0, 80.0], [75.0, 60.0]])
     f = forgetting_matrix(acc)

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from methods.memory.base import MemoryManager, fill_random, class_balanced_random, register_manager
+from methods.memory.base import MemoryManager, class_balanced_random, fill_random, register_manager
 from utils.data.augment import iter_uncertainty_views
 from utils.data.folder import read_ahead
 
@@ -26,7 +26,8 @@ class UncertaintyMemory(MemoryManager):
         return diverse_by_uncertainty(cand, unc, self.labels[cand], self.size, num_class)
 
 
-def diverse_by_uncertainty(cand: torch.Tensor, unc: torch.Tensor, y: torch.Tensor, size: int, num_class: int) -> torch.Tensor:
+def diverse_by_uncertainty(cand: torch.Tensor, unc: torch.Tensor, y: torch.Tensor, size: int,
+                           num_class: int) -> torch.Tensor:
     """Per class c with n_c candidates and m = size // num_class slots: sort by uncertainty,
     take every floor(n_c/m)-th sample, first m of them; a class with n_c <= m keeps all;
     unused slots are filled at random."""

@@ -112,5 +112,3 @@ def size_mismatch_error(root: Path, split: str, files: list[str], shapes: list[t
     return DataError(f"images of different sizes in {root / split}: most are {common[1]}x{common[0]}, but image "
                      f"{root / odd[0][0]} is {odd[0][1][1]}x{odd[0][1][0]}{more}; resize them to one size, "
                      f"remove them, or give --input_size N to resize every image to N x N")
-
-

@@ -29,4 +29,3 @@ def mean_std(s1: list[int], s2: list[int], n: int) -> tuple[tuple[float, ...], t
         var = (n * b - a * a) / (n * max(n - 1, 1)) / 255 ** 2  # integer numerator: exact
         std.append(math.sqrt(var) if var > 0 else 1.0)
     return mean, tuple(std)
-

@@ -5,7 +5,7 @@ the methods use of it: ``images[idx]`` (idx a LongTensor of dataset indices on a
 a list, a slice or a bool mask) gives the uint8 batch [len(idx), C, H, W] on the bound device, in
 idx order; ``.shape``, ``len()``, ``.dtype``, ``.device``; ``.to(device)`` binds it to a device and
 returns it. Pixels are those of the in-memory path to the byte (the same decoder,
-utils.data.decode_file).
+utils.data.decode.decode_file).
 
 How a batch is served: its distinct indices are looked up in an LRU cache of decoded images (so
 a batch read twice, or a small memory read every epoch, is decoded once); the missing ones are
@@ -13,7 +13,7 @@ decoded in chunks by a shared pool of worker processes (spawned, one torch threa
 batch is assembled in pinned memory when the device is CUDA and copied to the GPU asynchronously.
 
 Read-ahead: ``plan(chunks)`` announces the index batches about to be asked for, in order (the
-training epoch and evaluation call it through utils.data.read_ahead). Whenever the next planned
+training epoch and evaluation call it through utils.data.folder.read_ahead). Whenever the next planned
 batch is asked for, the decoding of the ``prefetch`` batches after it is queued in the pool, so
 the workers decode batch k+1 while the model trains on batch k. A request that is not the next
 planned batch is served as usual and leaves the plan alone; a new plan replaces the old one.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable
 
 import numpy as np
 
