@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configuration.config import ConfigError, base_parser, check_against_data, check_classes, resolve
+from configuration.config import ConfigError, base_parser, resolve
+from configuration.validate import check_against_data, check_classes, unused_flags
 from methods import build_method, get_method_class, method_names
 from methods.trainer import DivergedError, Settings, Trainer
 from utils.data.decode import DataError
@@ -60,7 +61,7 @@ def build_run(cfg) -> tuple[torch.device, RunData, list[tuple[torch.Tensor, torc
                                           cfg.rnd_seed, cfg.n_cls_a_task, cfg.n_tasks, train.class_files(),
                                           test.class_files())
     streams = build_streams(tr_tasks, te_tasks, train, test, n_classes, cfg.debug)
-    check_against_data(cfg, n_classes, sum(len(t) for t in streams.train), train.images.shape[1])
+    check_against_data(cfg, n_classes, [len(t) for t in streams.train], train.images.shape[1], train.images.shape[-1])
     mean, std, stats = normalisation(cfg.dataset, train, root, cfg.input_size, not cfg.no_cache)
     data, tasks = to_device(train, test, streams, mean, std, f"{info}; mean/std {stats}", device)
     if get_method_class(cfg.mode).single_task:
@@ -122,8 +123,8 @@ def fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None) -> tuple:
-    """The run's log (file and stderr) and its saved configuration."""
+def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None, ignored: list[str]) -> tuple:
+    """The run's log (file and stderr) and its saved configuration; ``ignored``: flags this run does not read."""
     log = setup_logging(paths.log)
     config = dict(vars(cfg), run_name=paths.name, device_resolved=str(device))
     write_json(paths.config, config)
@@ -132,6 +133,8 @@ def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None) -
     if cfg.pretrain:
         log.warning("--pretrain is ignored: no pretrained weights are used (the flag is accepted so that the "
                     "public scripts run)")
+    for text in ignored:
+        log.warning(text)
     if cfg.resume:
         log.info("--resume: %s", f"continuing after task {state['task']} from {paths.checkpoint}" if state else
                  f"no checkpoint in {paths.checkpoint}: starting from the first task")
@@ -158,9 +161,10 @@ def write_results(log, writer, paths: RunPaths, result: dict, task_acc: list) ->
     log.info("results: %s", paths.results)
 
 
-def train_and_write(cfg, device, data: RunData, tasks, paths: RunPaths, state: dict | None, start: float) -> int:
+def train_and_write(cfg, device, data: RunData, tasks, paths: RunPaths, state: dict | None, start: float,
+                    ignored: list[str]) -> int:
     """Train (continuing after the checkpoint ``state``), checkpoint after every task, write the results."""
-    log, config = start_log(cfg, paths, device, data, state)
+    log, config = start_log(cfg, paths, device, data, state, ignored)
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(str(paths.tensorboard))
     wall = (state["wall_s"] if state else 0.0) - start  # + perf_counter(): the run's wall time so far
@@ -196,17 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     tune_allocator()
     try:
+        ignored = unused_flags(args)
         cfg = resolve(args)
         device, data, tasks = build_run(cfg)
-        opened = open_run(cfg, Path(cfg.out_dir))
+        opened = None if cfg.dry_run else open_run(cfg, Path(cfg.out_dir))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.dry_run:
+        print(f"--dry_run: the settings, the data and the split are valid ({len(tasks)} task(s), "
+              f"{sum(len(a) for a, _ in tasks)} training samples); resolved settings: "
+              f"{json.dumps(dict(vars(cfg)), default=str)}")
+        return 0
     if opened is None:
         return 0
     paths, state, lock = opened
     try:
-        return train_and_write(cfg, device, data, tasks, paths, state, start)
+        return train_and_write(cfg, device, data, tasks, paths, state, start, ignored)
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)

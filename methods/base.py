@@ -32,6 +32,7 @@ class Method:
     default_memory = "random"
     allow_grey_fold = True  # methods whose loss looks at each parameter slice (EWC) set False
     single_task = False  # joint: every task merged into one
+    stream_pass = True  # an online run trains on the stream once (gdumb and joint do not)
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
 

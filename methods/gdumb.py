@@ -13,6 +13,7 @@ class GDumb(Method):
     of ``batchsize`` (last partial batch dropped)."""
 
     default_memory = "class_balanced"
+    stream_pass = False  # never trains on the stream itself
 
     def training_calls(self, online: bool) -> list[tuple[str, int]]:
         """Online or offline: one call on the memory (updated before it)."""

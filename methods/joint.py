@@ -14,6 +14,7 @@ class Joint(Method):
     no memory, and is evaluated on every test sample."""
 
     default_memory = "random"  # never filled
+    stream_pass = False  # never trains on the stream itself
     single_task = True  # every task merged into one
 
     def __init__(self, cfg, data, device, writer=None) -> None:

@@ -104,8 +104,9 @@ def test_resume_with_other_settings_is_refused(mnist_dir, tmp_path, capsys, monk
 
 
 def test_nan_loss_stops_naming_task_and_epoch(mnist_dir, tmp_path, caplog):
-    """A learning rate of 1e30 diverges; the run stops naming where, with exit code 3."""
-    rc = rm_main.main(_args(mnist_dir, tmp_path, "finetune", "--transforms", "--lr", "1e30"))
+    """EWC's penalty at a weight of 10^9 (in range) diverges; the run stops naming where, with exit code 3.
+    (A learning rate of 1e30 used to serve here; it is now refused as out of range.)"""
+    rc = rm_main.main(_args(mnist_dir, tmp_path, "ewc", "--transforms", "--reg_coef", "1e9"))
     assert rc == 3
     log = (tmp_path / "logs" / "mnist" / "r.log").read_text()
     assert "training diverged: loss nan in task" in log or "training diverged: loss inf in task" in log

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class DataError(Exception):
@@ -64,9 +64,89 @@ def _decode_bytes(data: bytes, mode: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def decode_file(path: Path, mode: str, size: int | None = None) -> torch.Tensor:
+# ----------------------------------------------------------------------------- conversions
+# What decoding does to a file stored unlike the split's images (mode of its first image): each
+# kind is counted and reported (ImageSet.conversions), never applied silently.
+CONVERSIONS = {
+    "to_grey": "colour converted to grey (ITU-R 601-2 luma)",
+    "to_colour": "grey repeated on 3 channels",
+    "alpha": "alpha channel dropped",
+    "palette": "palette expanded",
+    "16bit": "16-bit samples scaled to 8 bits",
+    "frames": "first frame of an animation kept",
+}
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+_GREY = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "La")
+
+
+def _source(data: bytes) -> tuple[str, bool, bool]:
+    """(PIL-style mode, 16-bit samples, several frames) of an encoded image, from its header."""
+    if data.startswith(b"\x89PNG") and len(data) > 25:
+        idat = data.find(b"IDAT")
+        return _PNG_MODES.get(data[25], "?"), data[24] == 16, b"acTL" in data[:idat if idat > 0 else 4096]
+    with Image.open(io.BytesIO(data)) as im:
+        try:
+            frames = getattr(im, "n_frames", 1) > 1
+        except Exception:  # noqa: BLE001 - a header read from a file's first bytes may end early
+            frames = False
+        return im.mode, im.mode.startswith("I;16"), frames
+
+
+def conversions(data: bytes, mode: str) -> tuple[str, ...]:
+    """The CONVERSIONS kinds that decoding ``data`` into ``mode`` ('L' or 'RGB') applies."""
+    src, sixteen, frames = _source(data)
+    kinds = []
+    if mode == "L" and src not in _GREY:
+        kinds.append("to_grey")
+    if mode == "RGB" and src in _GREY:
+        kinds.append("to_colour")
+    if src in ("LA", "RGBA", "PA", "La", "RGBa"):
+        kinds.append("alpha")
+    if src == "P":
+        kinds.append("palette")
+    if sixteen:
+        kinds.append("16bit")
+    if frames:
+        kinds.append("frames")
+    return tuple(kinds)
+
+
+class ConversionLog:
+    """Files converted while decoding, by kind: a count and the first few file names."""
+
+    EXAMPLES = 3
+
+    def __init__(self, counts: dict[str, list] | None = None) -> None:
+        self.counts: dict[str, list] = {k: [n, list(ex)] for k, (n, ex) in (counts or {}).items()}
+
+    def add(self, kinds: tuple[str, ...], file: str) -> None:
+        for k in kinds:
+            n, ex = self.counts.setdefault(k, [0, []])
+            self.counts[k][0] = n + 1
+            if len(ex) < self.EXAMPLES:
+                ex.append(file)
+
+    def merge(self, other: "ConversionLog") -> None:
+        for k, (n, ex) in other.counts.items():
+            mine = self.counts.setdefault(k, [0, []])
+            mine[0] += n
+            mine[1] = (mine[1] + ex)[:self.EXAMPLES]
+
+    def as_dict(self) -> dict[str, list]:
+        return {k: [n, list(ex)] for k, (n, ex) in self.counts.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{n} {CONVERSIONS[k]} (e.g. {', '.join(ex)})" for k, (n, ex) in sorted(self.counts.items()))
+
+
+# ----------------------------------------------------------------------------- files
+def read_image(path: Path, mode: str, size: int | None = None) -> tuple[torch.Tensor, tuple[str, ...]]:
     """One image as uint8 [C,H,W] (C = 1 for mode 'L', 3 for 'RGB'), resized to size x size
-    when ``size`` is given and differs; any failure is a DataError naming the file."""
+    when ``size`` is given and differs, and the conversions decoding applied to it; any failure is
+    a DataError naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -74,13 +154,19 @@ def decode_file(path: Path, mode: str, size: int | None = None) -> torch.Tensor:
     if not data:
         raise DataError(f"image file {path} is empty; re-create it (re-run utils.prepare) or remove it")
     try:
+        kinds = conversions(data, mode)
         x = _decode_bytes(data, mode)
     except Exception as e:  # decoders raise many types for broken files
         raise DataError(f"cannot read image {path}: {e.__class__.__name__}: {e}. "
                         "Re-create it (re-run utils.prepare) or remove it.") from None
     if size is not None and tuple(x.shape[1:]) != (size, size):
         x = resize_uint8(x, size)
-    return x
+    return x, kinds
+
+
+def decode_file(path: Path, mode: str, size: int | None = None) -> torch.Tensor:
+    """read_image without the conversions."""
+    return read_image(path, mode, size)[0]
 
 
 def probe(path: Path) -> tuple[str, tuple[int, int]]:

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.data.decode import IMAGE_EXTS, DataError, decode_file, probe, size_mismatch_error, target_size
+from utils.data.decode import IMAGE_EXTS, ConversionLog, DataError, probe, read_image, size_mismatch_error, target_size
 from utils.data.stats import mean_std, pixel_sums
 from utils.data.streaming import StreamingImages, decode_into, pool_size, scan_split
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the cache records the conversions applied while decoding
 
 
 @dataclass
@@ -40,6 +40,8 @@ class ImageSet:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     info: str = ""
+    conversions: dict[str, list] = field(default_factory=dict)  # ConversionLog.as_dict() of the split
+    skipped: list[str] = field(default_factory=list)  # hidden files (".name") left out of the split
 
     def __post_init__(self) -> None:
         if not self.index:
@@ -78,22 +80,45 @@ def read_ahead(images, chunks: list[torch.Tensor]) -> None:
 
 
 
-def list_split(root: Path, split: str) -> tuple[list[str], list[str]]:
-    """Sorted class folders and relative image paths of one split; errors name the problem."""
+def list_split(root: Path, split: str) -> tuple[list[str], list[str], list[str]]:
+    """Sorted class folders, relative image paths and the hidden entries (".name", left out) of one
+    split. Anything else that is not an image where an image belongs is refused, named: a file
+    beside the class folders, a folder or a broken link inside one, a file of another type."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"missing split folder {split_dir}")
-    classes = sorted(d.name for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith("."))
+    classes, hidden = [], []
+    for e in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if e.name.startswith("."):
+            hidden.append(f"{split}/{e.name}")
+        elif e.is_dir():
+            classes.append(e.name)
+        else:
+            raise DataError(f"{split_dir / e.name} is not a class folder: a split folder holds one folder per "
+                            f"class; move it out of {split_dir}")
     if not classes:
         raise DataError(f"{split_dir} has no class folders")
     files: list[str] = []
     for c in classes:
-        names = sorted(e.name for e in os.scandir(split_dir / c)
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTS))
+        names = []
+        for e in sorted(os.scandir(split_dir / c), key=lambda e: e.name):
+            where = split_dir / c / e.name
+            if e.name.startswith("."):
+                hidden.append(f"{split}/{c}/{e.name}")
+            elif e.is_symlink() and not os.path.exists(where):
+                raise DataError(f"{where} is a broken symbolic link (to {os.readlink(where)}); fix it or remove it")
+            elif e.is_dir():
+                raise DataError(f"{where} is a folder where an image is expected; class folders hold images only, "
+                                f"move it out")
+            elif not e.name.lower().endswith(IMAGE_EXTS):
+                raise DataError(f"{where} is not an image (images end in {', '.join(IMAGE_EXTS)}); move it out of "
+                                f"the class folder")
+            else:
+                names.append(e.name)
         if not names:
             raise DataError(f"class folder {split_dir / c} holds no images")
         files += [f"{split}/{c}/{n}" for n in names]
-    return classes, files
+    return classes, files, hidden
 
 
 def fingerprint(root: Path, files: list[str]) -> str:
@@ -123,30 +148,30 @@ PARALLEL_DECODE_MIN = 4096  # splits with this many images decode in the worker 
 def decode_split(root: Path, split: str, size: int | None = None, n_workers: int = 0) -> ImageSet:
     """Decode every image of ``root/split`` (no cache): in this process, or for splits of
     PARALLEL_DECODE_MIN images or more in the streaming path's worker pool (``n_workers``
-    processes, 0: automatic); the same bytes either way."""
-    classes, files = list_split(root, split)
+    processes, 0: automatic); the same bytes and the same conversions either way."""
+    classes, files, hidden = list_split(root, split)
     mode, first_size = probe(root / files[0])
     size = target_size(first_size, size)
-    first = decode_file(root / files[0], mode, size)
+    first, kinds = read_image(root / files[0], mode, size)
     out = torch.empty((len(files), *first.shape), dtype=torch.uint8)
+    log = ConversionLog()
     if len(files) >= PARALLEL_DECODE_MIN and pool_size(n_workers) > 1:
-        shapes = decode_into(out, root, files, mode, size, n_workers, desc=f"decode {root.name}/{split}")
+        shapes = decode_into(out, root, files, mode, size, n_workers, desc=f"decode {root.name}/{split}", log=log)
     else:
         quiet = not sys.stderr.isatty()
         shapes = []
         for i, f in enumerate(tqdm(files, desc=f"decode {root.name}/{split}", disable=quiet, leave=False)):
-            x = first if i == 0 else decode_file(root / f, mode, size)
+            x, kinds = (first, kinds) if i == 0 else read_image(root / f, mode, size)
+            log.add(kinds, f)
             shapes.append(tuple(x.shape[1:]))
             if x.shape == out.shape[1:]:
                 out[i] = x
     err = size_mismatch_error(root, split, files, shapes)
     if err is not None:
         raise err
-    return ImageSet(out, files, classes, folder_labels(files, classes))
+    return ImageSet(out, files, classes, folder_labels(files, classes), conversions=log.as_dict(), skipped=hidden)
 
 
-
-# ----------------------------------------------------------------------------- caches
 def _cache_name(split: str, size: int | None) -> str:
     return f"{split}-v{CACHE_VERSION}-{size or 'native'}"
 
@@ -190,7 +215,8 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
         try:
             blob = torch.load(cache, weights_only=True)
             if blob.get("fingerprint") == fp:
-                return ImageSet(blob["images"], blob["files"], blob["classes"], blob["folder_label"])
+                return ImageSet(blob["images"], blob["files"], blob["classes"], blob["folder_label"],
+                                conversions=blob["conversions"])
             logger.info("image folder %s/%s changed: rebuilding the decoded cache", root, split)
         except Exception as e:  # unreadable cache: rebuild it
             logger.warning("ignoring unreadable cache %s (%s)", cache, e)
@@ -199,8 +225,8 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
         try:
             cache.parent.mkdir(exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"fingerprint": fp, "images": s.images, "files": s.files,
-                        "classes": s.classes, "folder_label": s.folder_label}, tmp)
+            torch.save({"fingerprint": fp, "images": s.images, "files": s.files, "classes": s.classes,
+                        "folder_label": s.folder_label, "conversions": s.conversions}, tmp)
             os.replace(tmp, cache)
         except OSError as e:
             logger.warning("could not write the decoded cache %s (%s)", cache, e)
@@ -215,7 +241,7 @@ def load_split(root: Path, split: str, size: int | None = None, use_cache: bool 
     the budget, its images are a StreamingImages decoding batches on demand in ``n_workers``
     processes (0: automatic). ``derive_stats``: also the per-channel mean/std of the images,
     cached next to the decoded cache with the same fingerprint."""
-    classes, files = list_split(root, split)
+    classes, files, hidden = list_split(root, split)
     fp = fingerprint(root, files)
     mode, first_size = probe(root / files[0])
     target = target_size(first_size, size)
@@ -237,16 +263,20 @@ def load_split(root: Path, split: str, size: int | None = None, use_cache: bool 
         s.info = f"{split}: {dims}, {how}"
     else:
         need_stats = derive_stats and not (meta and meta.get("mean"))
-        need_sizes = target is None and not (meta and meta.get("shape"))
-        if need_stats or need_sizes:
+        if not (meta and "conversions" in meta) or need_stats:  # one pass over the headers (or the pixels)
             meta = {"fingerprint": fp, "shape": list(shape[1:]),
                     **scan_split(root, split, files, mode, target, need_stats, n_workers)}
             if use_cache:
                 write_meta(meta_path, meta)
         images = StreamingImages(root, files, mode, target, shape, n_workers)
-        s = ImageSet(images, files, classes, folder_labels(files, classes))
+        s = ImageSet(images, files, classes, folder_labels(files, classes), conversions=meta["conversions"])
         s.info = (f"{split}: {dims} > budget {fmt_bytes(budget)}: streamed from disk, decoded in "
                   f"{pool_size(n_workers)} worker processes")
+    s.skipped = hidden
+    if s.conversions:
+        s.info += f"; converted while decoding: {ConversionLog(s.conversions)}"
+    if hidden:
+        s.info += f"; left out {len(hidden)} hidden entr{'y' if len(hidden) == 1 else 'ies'} ({', '.join(hidden[:3])})"
     if derive_stats:
         s.mean, s.std = tuple(meta["mean"]), tuple(meta["std"])
     return s

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from utils.data.decode import DataError, decode_file, size_mismatch_error
+from utils.data.decode import ConversionLog, DataError, conversions, read_image, size_mismatch_error
 from utils.data.stats import mean_std
 
 DEFAULT_CACHE_BYTES = 256 << 20  # LRU of decoded images per split
@@ -108,23 +108,25 @@ def _chunks(items: list, n_workers: int) -> list[list]:
 
 
 # ----------------------------------------------------------------------------- worker tasks
-def _decode_chunk_lenient(root: str, files: list[str], mode: str, size: int | None,
-                          chw: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Decoded images uint8 [k, C, H, W] and each one's (H, W); an image of another size is
-    left zero (the caller reports every mismatch at once)."""
+def _decode_chunk_lenient(root: str, files: list[str], mode: str, size: int | None, chw: tuple[int, int, int]
+                          ) -> tuple[np.ndarray, list[tuple[int, int]], dict[str, list]]:
+    """Decoded images uint8 [k, C, H, W], each one's (H, W) and the conversions applied; an image of
+    another size is left zero (the caller reports every mismatch at once)."""
     out = np.zeros((len(files), *chw), dtype=np.uint8)
     shapes = []
+    log = ConversionLog()
     for i, f in enumerate(files):
-        x = decode_file(Path(root) / f, mode, size)
+        x, kinds = read_image(Path(root) / f, mode, size)
+        log.add(kinds, f)
         shapes.append(tuple(x.shape[1:]))
         if tuple(x.shape) == tuple(chw):
             out[i] = x.numpy()
-    return out, shapes
+    return out, shapes, log.as_dict()
 
 
 def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw: tuple[int, int, int]) -> np.ndarray:
     """Decoded images uint8 [k, C, H, W]; an image of another size is a DataError."""
-    out, shapes = _decode_chunk_lenient(root, files, mode, size, chw)
+    out, shapes, _ = _decode_chunk_lenient(root, files, mode, size, chw)
     for f, (h, w) in zip(files, shapes):
         if (h, w) != tuple(chw[1:]):
             raise DataError(f"image {Path(root) / f} is {w}x{h} but the images of its split are "
@@ -133,60 +135,75 @@ def _decode_chunk(root: str, files: list[str], mode: str, size: int | None, chw:
 
 
 def decode_into(out: torch.Tensor, root: Path, files: list[str], mode: str, size: int | None, n_workers: int = 0,
-                desc: str = "decode") -> list[tuple[int, int]]:
+                desc: str = "decode", log: ConversionLog | None = None) -> list[tuple[int, int]]:
     """Decode every file into ``out`` (uint8 [N, C, H, W], rows in file order) in the worker
-    pool; returns each image's (H, W). Rows of images of another size are left zero."""
+    pool; returns each image's (H, W), and adds the conversions applied to ``log``. Rows of images
+    of another size are left zero."""
     pool = get_pool(n_workers)
     chunks = _chunks(list(range(len(files))), n_workers)
     chw = tuple(out.shape[1:])
     futures = [pool.submit(_decode_chunk_lenient, str(root), [files[i] for i in c], mode, size, chw) for c in chunks]
     shapes: list[tuple[int, int]] = []
     bar = tqdm(total=len(files), desc=desc, disable=not sys.stderr.isatty(), leave=False)
-    for c, (arr, sh) in zip(chunks, _results(futures, n_workers)):
+    for c, (arr, sh, conv) in zip(chunks, _results(futures, n_workers)):
         out[c[0]:c[-1] + 1] = torch.from_numpy(arr)
         shapes += sh
+        if log is not None:
+            log.merge(ConversionLog(conv))
         bar.update(len(c))
     bar.close()
     return shapes
 
 
+HEADER_BYTES = 1 << 16  # what the header pass reads of a file
+
+
 def _scan_chunk(root: str, files: list[str], mode: str, size: int | None, stats: bool) -> dict:
-    """(H, W) of each image: from the header alone, or (``stats``) decoded, with exact
-    per-channel sums of the pixels and of their squares."""
+    """(H, W) of each image and the conversions decoding will apply: from the header alone, or
+    (``stats``) decoded, with exact per-channel sums of the pixels and of their squares."""
+    log = ConversionLog()
     if not stats:
         shapes = []
         for f in files:
             try:
+                with open(Path(root) / f, "rb") as fh:
+                    head = fh.read(HEADER_BYTES)
+                log.add(conversions(head, mode), f)
                 with Image.open(Path(root) / f) as im:
                     w, h = im.size
             except Exception as e:
                 raise DataError(f"cannot read image {Path(root) / f}: {e.__class__.__name__}: {e}. "
                                 "Re-create it (re-run utils.prepare) or remove it.") from None
             shapes.append((h, w))
-        return {"shapes": shapes}
+        return {"shapes": shapes, "conversions": log.as_dict()}
     shapes, s1, s2 = [], None, None
     for f in files:
-        x = decode_file(Path(root) / f, mode, size).to(torch.int64)
+        x, kinds = read_image(Path(root) / f, mode, size)
+        log.add(kinds, f)
+        x = x.to(torch.int64)
         shapes.append(tuple(x.shape[1:]))
         a, b = x.sum((1, 2)).tolist(), (x * x).sum((1, 2)).tolist()
         s1 = a if s1 is None else [u + v for u, v in zip(s1, a)]
         s2 = b if s2 is None else [u + v for u, v in zip(s2, b)]
-    return {"shapes": shapes, "s1": s1, "s2": s2}
+    return {"shapes": shapes, "s1": s1, "s2": s2, "conversions": log.as_dict()}
 
 
 def scan_split(root: Path, split: str, files: list[str], mode: str, size: int | None, stats: bool,
                n_workers: int = 0) -> dict:
     """One pass over a streamed split in the worker pool before training: every image's size
     must agree (unless ``size`` resizes them all; header only), and with ``stats`` every image is
-    decoded for the per-channel mean/std. Returns {"mean", "std"} (with ``stats``) and "checked"."""
+    decoded for the per-channel mean/std. Returns {"mean", "std"} (with ``stats``), "checked" and
+    "conversions" (ConversionLog.as_dict())."""
     pool = get_pool(n_workers)
     chunks = _chunks(files, n_workers)
     futures = [pool.submit(_scan_chunk, str(root), c, mode, size, stats) for c in chunks]
     shapes: list[tuple[int, int]] = []
     s1 = s2 = None
+    log = ConversionLog()
     bar = tqdm(total=len(files), desc=f"scan {root.name}/{split}", disable=not sys.stderr.isatty(), leave=False)
     for c, r in zip(chunks, _results(futures, n_workers)):
         shapes += [tuple(s) for s in r["shapes"]]
+        log.merge(ConversionLog(r["conversions"]))
         if stats:
             s1 = r["s1"] if s1 is None else [u + v for u, v in zip(s1, r["s1"])]
             s2 = r["s2"] if s2 is None else [u + v for u, v in zip(s2, r["s2"])]
@@ -196,7 +213,7 @@ def scan_split(root: Path, split: str, files: list[str], mode: str, size: int | 
         err = size_mismatch_error(root, split, files, shapes)
         if err is not None:
             raise err
-    out: dict = {"checked": "decoded" if stats else "headers"}
+    out: dict = {"checked": "decoded" if stats else "headers", "conversions": log.as_dict()}
     if stats:
         h, w = shapes[0]
         out["mean"], out["std"] = mean_std(s1, s2, len(files) * h * w)

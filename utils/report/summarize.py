@@ -23,7 +23,7 @@ METRICS = ("A_last", "A_avg", "F_last", "I_last", "A_last_final", "A_avg_final",
 # config entries that do not change what a run computes (or are the seed itself)
 IGNORED = {"rnd_seed", "run_name", "device", "device_resolved", "out_dir", "data_dir", "joint_acc",
            "joint_acc_source", "mem_manage_resolved", "n_worker", "no_cache", "init_opt", "pretrain", "mem_manage",
-           "data_budget_gb"}
+           "data_budget_gb", "dry_run"}
 ROW_KEYS = ("mode", "mem_manage", "transforms")
 COL_KEYS = ("dataset", "exp_name", "stream_env")
 

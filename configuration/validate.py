@@ -1,0 +1,170 @@
+"""The one place that checks a run's configuration: every numeric flag's range, names, lists, combinations,
+output paths, and (once the data is loaded) the settings against the data."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """Impossible or inconsistent settings; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """lo <= value <= hi (lo < value when ``lo_open``), and finite."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    data: str = ""  # what the data adds to the range, checked once it is loaded
+
+    def __contains__(self, v: float) -> bool:
+        return math.isfinite(v) and (v > self.lo if self.lo_open else v >= self.lo) and v <= self.hi
+
+    def __str__(self) -> str:
+        lo = f"> {_num(self.lo)}" if self.lo_open else f">= {_num(self.lo)}"
+        return f"{lo} and <= {_num(self.hi)}" + (f"; {self.data}" if self.data else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# every numeric flag and its allowed values (argparse refuses what is not a number at all)
+RANGES: dict[str, Range] = {
+    "rnd_seed": Range(0, 2 ** 32 - 1),
+    "memory_size": Range(0, 10 ** 9, data="at most the training samples"),
+    "n_tasks": Range(1, 10 ** 6, data="n_tasks x n_cls_a_task = the classes, for generated splits"),
+    "n_cls_a_task": Range(1, 10 ** 6),
+    "n_init_cls": Range(1, 10 ** 6, data="at most the classes"),
+    "lr": Range(0, 10, lo_open=True),
+    "batchsize": Range(2, 65536, data="at most the training samples"),
+    "n_epoch": Range(1, 100000),
+    "n_worker": Range(0, 256),
+    "topk": Range(1, 1000, data="at most the classes"),
+    "joint_acc": Range(0, 100),
+    "feature_size": Range(1, 65536),
+    "reg_coef": Range(0, 1e9),
+    "eval_period": Range(0, 10 ** 9, data="0 (off) or at most the stream samples of the run"),
+    "input_size": Range(1, 4096),
+    "data_budget_gb": Range(0, 1e6),
+}
+# flags that only some methods read: (the modes that use it, the default filled in when unset)
+METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
+    "reg_coef": (("ewc", "rwalk"), 100),
+    "rwalk_score": (("rwalk",), "public"),
+    "feature_size": (("icarl",), 2048),
+    "distilling": (("bic",), False),
+}
+
+
+def range_help(flag: str, text: str = "") -> str:
+    """A flag's help with its allowed range."""
+    return f"{text}{'; ' if text else ''}range: {RANGES[flag]}"
+
+
+def check_ranges(cfg: argparse.Namespace) -> None:
+    for flag, rng in RANGES.items():
+        v = getattr(cfg, flag, None)
+        if v is None or isinstance(v, str):  # unset optional flags; --joint_acc auto
+            continue
+        if v not in rng:
+            raise ConfigError(f"--{flag} must be {rng.__str__().split(';')[0]} (got {v})")
+
+
+def check_names(cfg: argparse.Namespace) -> None:
+    """--dataset and --run_name name one folder or file: no path separators, not hidden."""
+    for flag in ("dataset", "run_name"):
+        v = getattr(cfg, flag)
+        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".") or "\0" in v):
+            raise ConfigError(f"--{flag} '{v}' must be a plain name (no '/', not empty, not starting with '.')")
+
+
+def check_lists(cfg: argparse.Namespace) -> None:
+    repeated = sorted({t for t in cfg.transforms if cfg.transforms.count(t) > 1})
+    if repeated:
+        raise ConfigError(f"--transforms lists {', '.join(repeated)} more than once; give each transform once")
+
+
+def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
+    """Settings that cannot work together. ``stream_pass``: whether the method trains on the stream
+    in an online run (gdumb and joint do not)."""
+    if cfg.eval_period and (cfg.stream_env != "online" or not stream_pass):
+        why = "offline runs have none" if cfg.stream_env != "online" else f"--mode {cfg.mode} trains on none"
+        raise ConfigError(f"--eval_period evaluates during the online stream pass, and {why}; drop --eval_period")
+    if cfg.mode == "gdumb" and cfg.memory_size == 0:
+        raise ConfigError("--mode gdumb trains on the memory only, so --memory_size 0 trains nothing; give a memory")
+
+
+def unused_flags(args: argparse.Namespace) -> list[str]:
+    """Method flags given on the command line that this --mode does not read (they are ignored,
+    and the log says so); must be called before ``fill_method_flags``."""
+    out = []
+    for flag, (modes, default) in METHOD_FLAGS.items():
+        v = getattr(args, flag)
+        if v is not None and v is not False and args.mode not in modes:
+            out.append(f"--{flag} is read by --mode {' / '.join(modes)} only; ignored by --mode {args.mode}")
+    return out
+
+
+def fill_method_flags(args: argparse.Namespace) -> None:
+    for flag, (_, default) in METHOD_FLAGS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
+def check_output(out_dir: str) -> None:
+    """--out_dir must be a folder this process can write, or one it can create."""
+    p = Path(out_dir)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out_dir {p} is a file, not a folder; give a folder for logs/, results/, ...")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise ConfigError(f"--out_dir {p} cannot be created: {q} is a file")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out_dir {p} cannot be written ({q} is not writable); give another folder")
+
+
+def check_classes(cfg: argparse.Namespace, n_classes: int) -> None:
+    """Generated splits need n_tasks x n_cls_a_task classes."""
+    if cfg.n_tasks * cfg.n_cls_a_task != n_classes:
+        raise ConfigError(f"{n_classes} classes cannot be divided into --n_tasks {cfg.n_tasks} x "
+                          f"--n_cls_a_task {cfg.n_cls_a_task}")
+
+
+MLP_MAX_INPUT_WEIGHTS = 10 ** 8  # mlp400's first layer: 400 x C x H x W weights at most
+
+
+def check_against_data(cfg: argparse.Namespace, n_classes: int, task_sizes: list[int], data_channels: int,
+                       side: int) -> None:
+    """What needs the data: the memory and the batch against the training samples, the head and
+    top-k against the classes, the anytime period against the stream, the model against the images
+    (channels, and mlp400's input size); fills --in_channels when unset."""
+    n_train = sum(task_sizes)
+    if cfg.memory_size > n_train:
+        raise ConfigError(f"--memory_size {cfg.memory_size} is larger than the {n_train} training samples")
+    if cfg.n_init_cls > n_classes:
+        raise ConfigError(f"--n_init_cls {cfg.n_init_cls} exceeds the {n_classes} classes of {cfg.dataset}")
+    if cfg.topk > n_classes:
+        raise ConfigError(f"--topk {cfg.topk} exceeds the {n_classes} classes of {cfg.dataset}")
+    if cfg.batchsize > n_train:
+        raise ConfigError(f"--batchsize {cfg.batchsize} is larger than the {n_train} training samples: no batch "
+                          f"could be formed")
+    if cfg.eval_period > n_train:
+        raise ConfigError(f"--eval_period {cfg.eval_period} is longer than the {n_train} stream samples of the run: "
+                          f"nothing would be evaluated")
+    if cfg.in_channels is None:
+        cfg.in_channels = 3 if cfg.model_name == "mlp400" else data_channels
+    elif cfg.in_channels != data_channels and not (data_channels == 1 and cfg.in_channels == 3):
+        raise ConfigError(f"--in_channels {cfg.in_channels} does not fit {cfg.dataset}'s {data_channels}-channel "
+                          f"images (grey images may feed a 3-channel model, not the reverse)")
+    weights = 400 * cfg.in_channels * side * side
+    if cfg.model_name == "mlp400" and weights > MLP_MAX_INPUT_WEIGHTS:
+        raise ConfigError(f"mlp400 on {side}x{side} images would need {weights:,} input weights (at most "
+                          f"{MLP_MAX_INPUT_WEIGHTS:,}); give a smaller --input_size or a resnet --model_name")
