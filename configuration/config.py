@@ -74,7 +74,8 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--sched_name", choices=SCHEDULERS)
     a("--lr", type=float, help=range_help("lr", "learning rate"))
     a("--batchsize", type=int, help=range_help("batchsize", "batch size"))
-    a("--n_epoch", type=int, help=range_help("n_epoch", "epochs of each training call (online: epochs over the memory)"))
+    a("--n_epoch", type=int,
+      help=range_help("n_epoch", "epochs of each training call (online: epochs over the memory)"))
     a("--n_worker", type=int, default=0,
       help=range_help("n_worker", "decoding processes of a streamed split (see --data_budget_gb); 0 = one per CPU "
                                   "core, at most 8"))

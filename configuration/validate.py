@@ -50,7 +50,7 @@ RANGES: dict[str, Range] = {
     "feature_size": Range(1, 65536),
     "reg_coef": Range(0, 1e9),
     "eval_period": Range(0, 10 ** 9, data="0 (off) or at most the stream samples of the run"),
-    "input_size": Range(1, 4096),
+    "input_size": Range(1, 4096, data="resnets: at least 8; mlp400: at most 10^8 input weights"),
     "data_budget_gb": Range(0, 1e6),
 }
 # flags that only some methods read: (the modes that use it, the default filled in when unset)
@@ -139,6 +139,7 @@ def check_classes(cfg: argparse.Namespace, n_classes: int) -> None:
 
 
 MLP_MAX_INPUT_WEIGHTS = 10 ** 8  # mlp400's first layer: 400 x C x H x W weights at most
+RESNET_MIN_SIDE = 8  # the resnets' stages halve the resolution 3 times (measured: 1x1 and 3x3 inputs give NaN)
 
 
 def check_against_data(cfg: argparse.Namespace, n_classes: int, task_sizes: list[int], data_channels: int,
@@ -164,6 +165,9 @@ def check_against_data(cfg: argparse.Namespace, n_classes: int, task_sizes: list
     elif cfg.in_channels != data_channels and not (data_channels == 1 and cfg.in_channels == 3):
         raise ConfigError(f"--in_channels {cfg.in_channels} does not fit {cfg.dataset}'s {data_channels}-channel "
                           f"images (grey images may feed a 3-channel model, not the reverse)")
+    if cfg.model_name.startswith("resnet") and side < RESNET_MIN_SIDE:
+        raise ConfigError(f"{cfg.model_name} halves its resolution three times, so {side}x{side} images leave it "
+                          f"nothing to learn from (its loss becomes NaN); give --input_size {RESNET_MIN_SIDE} or more")
     weights = 400 * cfg.in_channels * side * side
     if cfg.model_name == "mlp400" and weights > MLP_MAX_INPUT_WEIGHTS:
         raise ConfigError(f"mlp400 on {side}x{side} images would need {weights:,} input weights (at most "

@@ -38,6 +38,7 @@ CASES = [
     (["--eval_period", "5000"], "--eval_period 5000 is longer than the 3000 stream samples"),
     (["--batchsize", "4000"], "--batchsize 4000 is larger than the 3000 training samples"),
     (["--input_size", "512"], "mlp400 on 512x512 images would need 314,572,800 input weights"),
+    (["--model_name", "resnet18", "--input_size", "4"], "give --input_size 8 or more"),
     (["--run_name", "../../elsewhere"], "--run_name '../../elsewhere' must be a plain name"),
     (["--dataset", "../mnist"], "--dataset '../mnist' must be a plain name"),
 ]
