@@ -1,7 +1,9 @@
 """Entry point: parse flags -> build the run (data, tasks, outputs) -> the trainer runs the method -> write results."""
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -42,7 +44,10 @@ def set_seed(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def build_run(cfg) -> tuple[torch.device, RunData, list[tuple[torch.Tensor, torch.Tensor]]]:
+Tasks = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     """Everything that can fail because of the user's input, before any output or training: the
     device, the data and its task split (generated, or read from --collections_dir)."""
     device = resolve_device(cfg.device)
@@ -77,7 +82,7 @@ def build_run(cfg) -> tuple[torch.device, RunData, list[tuple[torch.Tensor, torc
     return device, data, tasks
 
 
-def open_run(cfg, out: Path) -> tuple[RunPaths, dict | None, Path | None] | None:
+def open_run(cfg: argparse.Namespace, out: Path) -> tuple[RunPaths, dict | None, Path | None] | None:
     """The run's paths, its checkpoint state (--resume) and lock; None when a resumed run already finished."""
     if not cfg.resume:
         name, _ = reserve_run(out, cfg.dataset, cfg.run_name or default_run_name(cfg))
@@ -97,7 +102,8 @@ def open_run(cfg, out: Path) -> tuple[RunPaths, dict | None, Path | None] | None
     return paths, state, lock
 
 
-def result_record(cfg, config: dict, rec: dict, trainer: Trainer, data: RunData, device, wall: float) -> dict:
+def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Trainer, data: RunData,
+                  device: torch.device, wall: float) -> dict:
     """The results file of a finished run."""
     summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
                                 None if cfg.joint_acc is None else float(cfg.joint_acc))
@@ -123,7 +129,8 @@ def fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None, ignored: list[str]) -> tuple:
+def start_log(cfg: argparse.Namespace, paths: RunPaths, device: torch.device, data: RunData, state: dict | None,
+              ignored: list[str]) -> tuple[logging.Logger, dict]:
     """The run's log (file and stderr) and its saved configuration; ``ignored``: flags this run does not read."""
     log = setup_logging(paths.log)
     config = dict(vars(cfg), run_name=paths.name, device_resolved=str(device))
@@ -141,7 +148,8 @@ def start_log(cfg, paths: RunPaths, device, data: RunData, state: dict | None, i
     return log, config
 
 
-def build_trainer(cfg, data: RunData, tasks, device, writer, state: dict | None) -> Trainer:
+def build_trainer(cfg: argparse.Namespace, data: RunData, tasks: Tasks, device: torch.device, writer,
+                  state: dict | None) -> Trainer:
     """The method and its trainer, restored from a checkpoint ``state`` (with the RNG states)."""
     method = build_method(cfg.mode, cfg, data, device, writer)
     trainer = Trainer(method, data, tasks, Settings.from_config(cfg), writer)
@@ -152,7 +160,7 @@ def build_trainer(cfg, data: RunData, tasks, device, writer, state: dict | None)
     return trainer
 
 
-def write_results(log, writer, paths: RunPaths, result: dict, task_acc: list) -> None:
+def write_results(log: logging.Logger, writer, paths: RunPaths, result: dict, task_acc: list[float]) -> None:
     tb.log_hparams(writer, result["config"], {k: v for k, v in result.items() if k.startswith(("A_", "F_", "I_"))})
     write_npy(paths.npy, task_acc)
     write_json(paths.results, result)
@@ -161,7 +169,8 @@ def write_results(log, writer, paths: RunPaths, result: dict, task_acc: list) ->
     log.info("results: %s", paths.results)
 
 
-def train_and_write(cfg, device, data: RunData, tasks, paths: RunPaths, state: dict | None, start: float,
+def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData, tasks: Tasks, paths: RunPaths,
+                    state: dict | None, start: float,
                     ignored: list[str]) -> int:
     """Train (continuing after the checkpoint ``state``), checkpoint after every task, write the results."""
     log, config = start_log(cfg, paths, device, data, state, ignored)

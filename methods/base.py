@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.memory import MemoryManager, build_manager, model_featurizer
+from methods.memory import Featurizer, MemoryManager, build_manager, model_featurizer
 from methods.memory.uncertainty import vote_uncertainty
 from methods.optim import make_optimizer
 from models import build_model
@@ -170,7 +170,7 @@ class Method:
         pass
 
     # ----------------------------------------------------------------- scoring
-    def featurizer(self):
+    def featurizer(self) -> Featurizer:
         """Normalised model features of training-set indices (herding, nearest-mean)."""
         return model_featurizer(self.model, self.data.train.images, self.data.mean, self.data.std)
 

@@ -15,8 +15,8 @@ Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, uint8
 
 
 @torch.no_grad()
-def evaluate(scores: Scores, predict: Predict, images, labels: torch.Tensor, test_idx: torch.Tensor, n_classes: int,
-             topk: int) -> dict:
+def evaluate(scores: Scores, predict: Predict, images: torch.Tensor, labels: torch.Tensor, test_idx: torch.Tensor,
+             n_classes: int, topk: int) -> dict:
     """Accuracy (top-k, %), mean loss and per-class accuracy (%; None for absent classes) of the
     samples ``test_idx``; one host synchronisation at the end."""
     device = labels.device

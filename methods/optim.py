@@ -10,7 +10,8 @@ OPTIMIZERS = ("sgd", "adam", "radam")
 SCHEDULERS = ("cos", "anneal", "multistep")
 
 
-def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Parameter], sched: str):
+def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Parameter],
+                   sched: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD (momentum 0.9, Nesterov, wd 1e-4), adam (wd 1e-6) or radam (wd 1e-5), and the schedule."""
     params = list(params.parameters() if isinstance(params, nn.Module) else params)
     # fused kernels: one pass over each parameter per step (the same update as the loop version)
@@ -33,7 +34,8 @@ def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Paramet
     return opt, sch
 
 
-def warm_start_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float, epoch: int) -> float:
+def warm_start_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, lr: float,
+                  epoch: int) -> float:
     """The public code's schedule within one training call: epoch 0 at lr/10, epoch 1 at lr, then one
     scheduler step per epoch. Returns the epoch's learning rate."""
     if epoch == 0:

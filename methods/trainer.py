@@ -4,6 +4,7 @@ A method never runs a loop itself: the trainer calls its hooks (methods.base) on
 fixed order, and keeps the per-task records, the phase times and the sample counts."""
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import sys
@@ -58,7 +59,7 @@ class Settings:
     eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
 
     @classmethod
-    def from_config(cls, cfg) -> "Settings":
+    def from_config(cls, cfg: argparse.Namespace) -> "Settings":
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
                    eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0)
 
@@ -128,7 +129,7 @@ class Trainer:
         self.record(t, res)
         return res
 
-    def timed(self, phase: str, fn, *args):
+    def timed(self, phase: str, fn: Callable, *args):
         """Run a hook; its time, less the evaluation inside it, goes to ``phase``."""
         e0, t0 = self.eval_time, time.perf_counter()
         out = fn(*args)
@@ -248,7 +249,7 @@ class Trainer:
         self.samples["evaluation"] += len(test_idx)
         return out
 
-    def anytime_hook(self, phase: str, batches: list[torch.Tensor]):
+    def anytime_hook(self, phase: str, batches: list[torch.Tensor]) -> Callable[[int], None] | None:
         """With eval_period N, during the online stream pass: a callback after each batch that
         evaluates the model every N stream samples trained on (anytime accuracy, on the test
         samples of the classes exposed so far). Stream counts: one host sync per pass."""

@@ -109,7 +109,8 @@ class MemoryManager:
         self.scores = None if state["scores"] is None else state["scores"].to(dev)
 
 
-def model_featurizer(model: nn.Module, images: torch.Tensor, mean, std, batch: int = FEATURE_BATCH) -> Featurizer:
+def model_featurizer(model: nn.Module, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                     batch: int = FEATURE_BATCH) -> Featurizer:
     """Featurizer over ``images`` (uint8 [N,C,H,W]): test-time preprocessing (normalisation only),
     ``model.features`` in eval mode, batched on the device, each row L2-normalised."""
     @torch.no_grad()

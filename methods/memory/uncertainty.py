@@ -47,8 +47,8 @@ def diverse_by_uncertainty(cand: torch.Tensor, unc: torch.Tensor, y: torch.Tenso
 
 
 @torch.no_grad()
-def vote_uncertainty(predict: Callable[[torch.Tensor], torch.Tensor], images, cand: torch.Tensor, metric: str,
-                     n_out: int) -> tuple[torch.Tensor, int]:
+def vote_uncertainty(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, cand: torch.Tensor,
+                     metric: str, n_out: int) -> tuple[torch.Tensor, int]:
     """1 - (votes of the most-voted class) / K over the K perturbed views of ``metric`` of each
     candidate (``predict``: uint8 images -> logits, in eval mode); and K."""
     votes = torch.zeros(len(cand), n_out, device=cand.device)

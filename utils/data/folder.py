@@ -71,7 +71,7 @@ class ImageSet:
         return out
 
 
-def read_ahead(images, chunks: list[torch.Tensor]) -> None:
+def read_ahead(images: torch.Tensor, chunks: list[torch.Tensor]) -> None:
     """Tell a streamed split which index batches come next, in order, so that their decoding
     starts early (utils.data.streaming); a no-op for an in-memory uint8 tensor."""
     plan = getattr(images, "plan", None)
@@ -201,10 +201,6 @@ def fmt_bytes(n: float) -> str:
         if n >= f:
             return f"{n / f:.2f} {unit}"
     return f"{int(n)} B"
-
-
-def fmt_floats(v) -> str:
-    return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
 

@@ -57,7 +57,7 @@ def dataset_missing_message(root: Path, name: str) -> str:
             f"{root}/test/<class>/<image>).{hint}")
 
 
-def fmt_floats(v) -> str:
+def fmt_floats(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.4f}" for x in v) + ")"
 
 
@@ -102,7 +102,8 @@ def normalisation(name: str, train: ImageSet, root: Path, input_size: int | None
     return d.mean, d.std, text
 
 
-def to_device(train: ImageSet, test: ImageSet, streams: TaskStreams, mean, std, info: str,
+def to_device(train: ImageSet, test: ImageSet, streams: TaskStreams, mean: tuple[float, ...], std: tuple[float, ...],
+              info: str,
               device: torch.device) -> tuple[RunData, list[tuple[torch.Tensor, torch.Tensor]]]:
     """The run's data and its (train, test) index tensors per task, on ``device``."""
     data = RunData(train.to(device), test.to(device), streams.train_labels.to(device),
