@@ -45,7 +45,7 @@ def test_two_image_folder_derives_everything_by_hand(tmp_path):
     px = np.concatenate([a.ravel(), b.ravel()]).astype(np.float64) / 255  # 8 pixels, one channel
     assert s.mean == pytest.approx((px.mean(),), abs=1e-12)
     assert s.std == pytest.approx((px.std(ddof=1),), abs=1e-12)
-    meta = json.loads((root / ".cache" / "train-v2-native.meta.json").read_text())
+    meta = json.loads((root / ".cache" / "train-v3-native.meta.json").read_text())
     assert meta["shape"] == [1, 2, 2] and meta["mean"] == list(s.mean) and meta["std"] == list(s.std)
 
 
@@ -76,8 +76,8 @@ def test_rgb_jpeg_png_and_grey_channels(tmp_path):
 def test_stats_cache_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "set", n_cls=2, n_train=3)
     first = D.load_split(root, "train", derive_stats=True)
-    meta_path = root / ".cache" / "train-v2-native.meta.json"
-    assert meta_path.is_file() and (root / ".cache" / "train-v2-native.pt").is_file()
+    meta_path = root / ".cache" / "train-v3-native.meta.json"
+    assert meta_path.is_file() and (root / ".cache" / "train-v3-native.pt").is_file()
 
     def boom(*a, **k):
         raise AssertionError("recomputed although cached")
@@ -111,7 +111,7 @@ def test_input_size_resizes_images_of_any_size(tmp_path):
         D.load_split(root, "train", use_cache=False)
     s = D.load_split(root, "train", size=16, derive_stats=True)
     assert tuple(s.images.shape) == (4, 3, 16, 16)
-    assert (root / ".cache" / "train-v2-16.pt").is_file() and (root / ".cache" / "train-v2-16.meta.json").is_file()
+    assert (root / ".cache" / "train-v3-16.pt").is_file() and (root / ".cache" / "train-v3-16.meta.json").is_file()
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
@@ -142,7 +142,7 @@ def test_two_task_run_on_a_four_class_folder(tmp_path):
     line = next(x for x in log.read_text().splitlines() if "Data: " in x)
     assert "train: 24 images 3x16x16" in line and "in memory" in line
     assert "derived from the training images" in line and "3 channel(s), input size 16" in line
-    meta = json.loads((data / "myset" / ".cache" / "train-v2-native.meta.json").read_text())
+    meta = json.loads((data / "myset" / ".cache" / "train-v3-native.meta.json").read_text())
     assert f"mean ({meta['mean'][0]:.4f}" in line
 
 

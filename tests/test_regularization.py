@@ -80,7 +80,7 @@ def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
     m.update_memory(0)
     ((imp, anchor),) = m.penalty.slots
     assert set(imp) == set(anchor) == set(BODY) and not HEAD & set(imp)
-    assert m.model.input.lin.weight.shape[1] == 3 * 28 * 28  # no grey fold: the penalty sees each slice
+    assert m.model.input.lin.weight.shape[1] == 28 * 28  # grey fold: one weight for the 3 slices
     # recompute the memory-phase Fisher by hand: one batch of 16 from the 30 memory samples (14 dropped
     # but counted in the data size), training augmentation, eval mode, CE at the predicted label
     # plus the current penalty
@@ -97,6 +97,7 @@ def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
         loss = F.cross_entropy(logits, logits.argmax(1)) + m.reg_coef * m.penalty(params)
         for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()))):
             expect[n] += gr ** 2 * 16 / 30
+    expect["input.lin.weight"] /= 9  # the folded weight's gradient is 3 times each slice's
     for n in BODY:
         assert torch.allclose(got[n], expect[n], rtol=1e-4, atol=1e-12), n
 
@@ -204,3 +205,78 @@ def test_regularised_parameters_are_chosen_by_name_not_position():
     assert [n for n, _ in m.model.named_parameters() if n.startswith("fc.")] == ["fc.lin.weight", "fc.bn.weight",
                                                                                    "fc.bn.bias"]
     assert list(reg_params(m.model)) == BODY
+
+
+def test_grey_fold_with_the_penalty_follows_the_3_channel_model():
+    """mlp400 on grey images: the folded model (one input weight = the sum of the 3 slices) with the
+    penalty, its Fisher and RWalk's path-integral score in per-slice units follows the 3-channel model
+    fed the image three times: 3 calls of 15 SGD steps (momentum, Nesterov, weight decay), a Fisher
+    slot and an RWalk importance after each call (float64, so rounding cannot grow)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _fold_penalty_run()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _fold_penalty_run():
+    from methods.regularization import fold_counts
+    from models import build_model
+    torch.manual_seed(0)
+    full = build_model("mlp400", 10)
+    torch.manual_seed(0)
+    fold = build_model("mlp400", 10, grey_sgd=True)
+    assert fold_counts(fold) == {"input.lin.weight": 3} and fold_counts(full) == {}
+    runs = []
+    for m in (full, fold):
+        rw = make("rwalk")
+        rw.model, rw.score_rule = m, "paper"
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        runs.append((m, opt, QuadraticPenalty(), rw))
+    gen = torch.Generator().manual_seed(1)
+    reg = 50.0
+
+    def slices(t: torch.Tensor, n: str, m: nn.Module) -> list[torch.Tensor]:
+        return list(t.view(400, 3, 784).unbind(1)) if n == "input.lin.weight" and m is full else [t]
+
+    for call in range(3):
+        for _ in range(15):
+            x = torch.randn(16, 1, 28, 28, generator=gen)
+            y = torch.randint(0, 10, (16,), generator=gen)
+            for m, opt, pen, rw in runs:
+                m.train()
+                params = reg_params(m)
+                before = {n: p.detach().clone() for n, p in params.items()}
+                opt.zero_grad()
+                loss = F.cross_entropy(m(x.expand(-1, 3, -1, -1) if m is full else x), y)
+                if len(pen):
+                    loss = loss + reg * pen(params)
+                loss.backward()
+                opt.step()
+                rw.update_fisher_and_score(params, before)
+        xs = torch.randn(2, 8, 1, 28, 28, generator=gen)
+        imps = []
+        for m, opt, pen, rw in runs:
+            params = reg_params(m)
+            names = list(params)
+            offset = None
+            if len(pen):
+                offset = dict(zip(names, torch.autograd.grad(reg * pen(params), list(params.values()))))
+            m.eval()
+            fisher = fisher_diagonal(m, names, [xs.expand(-1, -1, 3, -1, -1) if m is full else xs], 20, offset)
+            pen.add(fisher, {n: p.detach() for n, p in params.items()}, replace=False, folds=fold_counts(m))
+            imps.append((fisher, rw.importance(call, "stream")))
+        for n in BODY:  # every slice of the 3-channel model's importances equals the folded per-slice one
+            for k in range(2):
+                ref = imps[1][k][n]
+                for s in slices(imps[0][k][n], n, full):
+                    assert torch.allclose(s, ref, rtol=1e-7, atol=1e-12), (call, k, n)
+        assert imps[0][0]["input.lin.weight"].abs().sum() > 0 and imps[0][1]["input.lin.weight"].abs().sum() > 0
+        p_full, p_fold = (pen(reg_params(m)) for m, _, pen, _ in runs)
+        assert p_full.item() > 1e-6 and p_full.item() == pytest.approx(p_fold.item(), rel=1e-9)
+    x = torch.randn(32, 1, 28, 28, generator=gen)
+    full.eval(), fold.eval()
+    assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9)
+    w = full.input.lin.weight.detach()
+    assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1), atol=1e-9)

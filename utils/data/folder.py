@@ -20,7 +20,8 @@ from utils.data.streaming import StreamingImages, decode_into, pool_size, scan_s
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the cache records the conversions applied while decoding
+CACHE_VERSION = 3  # 2: the cache records the conversions applied while decoding; 3: no file list (the
+# fingerprint covers the names, and unpickling 70,000 strings with weights_only cost 0.4 s per split)
 
 
 @dataclass
@@ -102,16 +103,15 @@ def list_split(root: Path, split: str) -> tuple[list[str], list[str], list[str]]
     for c in classes:
         names = []
         for e in sorted(os.scandir(split_dir / c), key=lambda e: e.name):
-            where = split_dir / c / e.name
             if e.name.startswith("."):
                 hidden.append(f"{split}/{c}/{e.name}")
-            elif e.is_symlink() and not os.path.exists(where):
-                raise DataError(f"{where} is a broken symbolic link (to {os.readlink(where)}); fix it or remove it")
+            elif e.is_symlink() and not os.path.exists(e.path):
+                raise DataError(f"{e.path} is a broken symbolic link (to {os.readlink(e.path)}); fix it or remove it")
             elif e.is_dir():
-                raise DataError(f"{where} is a folder where an image is expected; class folders hold images only, "
+                raise DataError(f"{e.path} is a folder where an image is expected; class folders hold images only, "
                                 f"move it out")
             elif not e.name.lower().endswith(IMAGE_EXTS):
-                raise DataError(f"{where} is not an image (images end in {', '.join(IMAGE_EXTS)}); move it out of "
+                raise DataError(f"{e.path} is not an image (images end in {', '.join(IMAGE_EXTS)}); move it out of "
                                 f"the class folder")
             else:
                 names.append(e.name)
@@ -125,9 +125,10 @@ def fingerprint(root: Path, files: list[str]) -> str:
     """Changes whenever an image is added, removed, resized or touched. Every file must exist
     and be non-empty."""
     h = hashlib.sha1()
-    for f in files:
+    base = os.fspath(root)
+    for f in files:  # plain strings, not Path objects: 70,000 MNIST files in 0.3 s instead of 2 s
         try:
-            st = os.stat(root / f)
+            st = os.stat(os.path.join(base, f))
         except OSError as e:
             raise DataError(f"cannot read image {root / f}: {e.strerror or e}; re-create it or remove it") from None
         if st.st_size == 0:
@@ -211,7 +212,7 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
         try:
             blob = torch.load(cache, weights_only=True)
             if blob.get("fingerprint") == fp:
-                return ImageSet(blob["images"], blob["files"], blob["classes"], blob["folder_label"],
+                return ImageSet(blob["images"], files, blob["classes"], blob["folder_label"],
                                 conversions=blob["conversions"])
             logger.info("image folder %s/%s changed: rebuilding the decoded cache", root, split)
         except Exception as e:  # unreadable cache: rebuild it
@@ -221,7 +222,7 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
         try:
             cache.parent.mkdir(exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"fingerprint": fp, "images": s.images, "files": s.files, "classes": s.classes,
+            torch.save({"fingerprint": fp, "images": s.images, "classes": s.classes,
                         "folder_label": s.folder_label, "conversions": s.conversions}, tmp)
             os.replace(tmp, cache)
         except OSError as e:
