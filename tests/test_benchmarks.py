@@ -36,3 +36,15 @@ def test_bench_stream_reads_ahead(tmp_path):
     assert re.search(r"read-ahead 1\s+[\d.]+\s+\d+\s+48/48$", out, re.M), out
     assert re.search(r"read-ahead 2\s+[\d.]+\s+\d+\s+48/48$", out, re.M), out
     assert "streamed/in-memory epoch time" in out
+
+
+def test_bench_methods_prints_every_phase(mnist_dir: Path):
+    """EWC's importance pass is its own phase; GDumb has no stream pass; the public ratio is printed."""
+    out = bench("bench_methods.py", "--modes", "ewc", "gdumb", "--data_dir", str(mnist_dir), "--extra",
+                "--n_epoch", "1", "--memory_size", "50")
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in ("ewc", "gdumb")}
+    assert set(rows) == {"ewc", "gdumb"}, out
+    ewc, gdumb = rows["ewc"], rows["gdumb"]
+    assert float(ewc[1]) > 0 and float(ewc[2]) > 0 and float(ewc[3]) > 0  # wall, stream pass, importance
+    assert gdumb[2] == "-" and gdumb[3] == "-"  # no stream pass, no importance
+    assert ewc[-1].endswith("x") and float(ewc[-1][:-1]) > 0
