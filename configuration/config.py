@@ -95,6 +95,11 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--rwalk_score", choices=["public", "paper"],
       help="RWalk path-integral score: 'public' (default) reproduces the public code (always 0), 'paper' computes "
            "it")
+    a("--grey_fold", default="auto", choices=["auto", "all", "off"],
+      help="mlp400 on grey images with SGD keeps one input weight for its 3 identical channels (3x less work): "
+           "'auto' (default) wherever that is exact (every method but ewc/rwalk, whose penalty sees each channel "
+           "slice, and weight decay makes the slices drift apart); 'all' also for ewc/rwalk (per-slice "
+           "importances; not exact, see README); 'off' never")
     a("--eval_epochs", default="all", choices=["all", "last_task"],
       help="evaluate after every epoch (the protocol), or per epoch only in the final task and once at the end "
            "of each earlier training call: A_last and A_last_final are unchanged, earlier tasks' best-epoch "

@@ -30,7 +30,7 @@ class Method:
 
     name = "base"
     default_memory = "random"
-    allow_grey_fold = True  # methods whose loss looks at each parameter slice (EWC) set False
+    exact_grey_fold = True  # False: the fold is not exact for this method (EWC/RWalk); --grey_fold all forces it
     single_task = False  # joint: every task merged into one
     stream_pass = True  # an online run trains on the stream once (gdumb and joint do not)
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
@@ -63,7 +63,9 @@ class Method:
     # ----------------------------------------------------------------- model
     def new_model(self, n_out: int) -> nn.Module:
         size = self.data.train.images.shape[-1]
-        grey_sgd = self.data.train.images.shape[1] == 1 and self.cfg.opt_name == "sgd" and self.allow_grey_fold
+        mode = getattr(self.cfg, "grey_fold", "auto")
+        grey_sgd = (self.data.train.images.shape[1] == 1 and self.cfg.opt_name == "sgd"
+                    and (mode == "all" or (mode == "auto" and self.exact_grey_fold)))
         self.head = "initial"
         return build_model(self.cfg.model_name, n_out, self.in_channels, size, grey_sgd).to(self.device)
 

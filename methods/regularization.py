@@ -22,36 +22,52 @@ def reg_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] != HEAD}
 
 
+def fold_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters that stand for ``c`` slices of the paper's model (mlp400's grey fold): name -> c."""
+    fn = getattr(model, "folded", None)
+    return fn() if fn is not None else {}
+
+
 class _Quadratic(torch.autograd.Function):
-    """sum_i A_i (p_i - m_i)^2 + const, with the gradient 2 A (p - m) from the forward pass."""
+    """sum_i A_i (p_i - m_i)^2 / c + const, with the gradient 2 A (p - m) from the forward pass.
+
+    ``c`` (per tensor, None for 1) is the slice count of a folded parameter p = sum of c slices that
+    share one drift d = (p - m) / c: the c slices' penalty is c A d^2 = A (p - m)^2 / c, and the
+    gradient the optimizer must see on p (the sum of the slices' gradients 2 A d) is 2 A (p - m)."""
 
     @staticmethod
-    def forward(ctx, imp, mean, const, *params):
+    def forward(ctx, imp, mean, const, scale, *params):
         diff = torch._foreach_sub(params, mean)
         a_diff = torch._foreach_mul(diff, imp)
         ctx.save_for_backward(*a_diff)
-        return const + sum(torch.dot(a.flatten(), d.flatten()) for a, d in zip(a_diff, diff))
+        return const + sum(torch.dot(a.flatten(), d.flatten()) if c is None else torch.dot(a.flatten(), d.flatten()) / c
+                           for a, d, c in zip(a_diff, diff, scale))
 
     @staticmethod
     def backward(ctx, g):
-        return (None, None, None, *torch._foreach_mul(ctx.saved_tensors, 2 * g))
+        return (None, None, None, None, *torch._foreach_mul(ctx.saved_tensors, 2 * g))
 
 
 class QuadraticPenalty:
     """sum over slots s of sum_i F_s,i (theta_i - theta*_s,i)^2, parameters matched by name.
 
     The slots are kept (``slots``) and merged into one quadratic (A = sum F_s, m = sum F_s theta*_s / A,
-    const = sum F_s theta*_s^2 - A m^2) so a step costs the same for any number of slots."""
+    const = sum F_s theta*_s^2 - A m^2) so a step costs the same for any number of slots. Importances
+    are per slice of the paper's model: a folded parameter (``folds``: name -> slice count c) is
+    penalised as its c slices would be (see _Quadratic)."""
 
     def __init__(self) -> None:
         self.slots: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self.folds: dict[str, int] = {}
         self._merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._const = torch.zeros(())
 
-    def add(self, importance: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], replace: bool) -> None:
+    def add(self, importance: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], replace: bool,
+            folds: dict[str, int] | None = None) -> None:
         """Store (importance, anchor); ``replace`` keeps a single slot (online runs)."""
         if replace:
             self.slots = []
+        self.folds = dict(folds or {})
         self.slots.append(({n: t.detach().clone() for n, t in importance.items()},
                            {n: t.detach().clone() for n, t in anchor.items()}))
         self._merge()
@@ -63,7 +79,8 @@ class QuadraticPenalty:
             pairs = [(s[0][n].double(), s[1][n].double()) for s in self.slots if n in s[0]]
             imp = sum(f for f, _ in pairs)
             mean = torch.where(imp > 0, sum(f * t for f, t in pairs) / imp.clamp_min(1e-300), 0.0)
-            const = const + sum((f * t ** 2).sum() for f, t in pairs) - (imp * mean ** 2).sum()
+            part = sum((f * t ** 2).sum() for f, t in pairs) - (imp * mean ** 2).sum()
+            const = const + (part if n not in self.folds else part / self.folds[n])
             self._merged[n] = (imp.to(imp0.dtype), mean.to(imp0.dtype))
             self._const = const.to(imp0)
 
@@ -72,11 +89,12 @@ class QuadraticPenalty:
 
     def state_dict(self) -> dict:
         return {"slots": [[{n: t.cpu() for n, t in imp.items()}, {n: t.cpu() for n, t in anc.items()}]
-                          for imp, anc in self.slots]}
+                          for imp, anc in self.slots], "folds": dict(self.folds)}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         self.slots = [({n: t.to(device) for n, t in imp.items()}, {n: t.to(device) for n, t in anc.items()})
                       for imp, anc in state["slots"]]
+        self.folds = dict(state.get("folds", {}))
         if self.slots:
             self._merge()
 
@@ -86,7 +104,7 @@ class QuadraticPenalty:
         if not names:
             return None
         return _Quadratic.apply([self._merged[n][0] for n in names], [self._merged[n][1] for n in names],
-                                self._const, *[params[n] for n in names])
+                                self._const, [self.folds.get(n) for n in names], *[params[n] for n in names])
 
 
 def batch_grads(model: nn.Module, names: list[str], xs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,7 +123,8 @@ def batch_grads(model: nn.Module, names: list[str], xs: torch.Tensor) -> dict[st
 
 def fisher_diagonal(model: nn.Module, names: list[str], chunks: Iterable[torch.Tensor], n_data: int,
                     offset: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """EWC's diagonal Fisher: sum over mini-batches b of (g_b + offset)^2 * |b| / n_data.
+    """EWC's diagonal Fisher: sum over mini-batches b of (g_b + offset)^2 * |b| / n_data, per slice of
+    the paper's model (a folded parameter's gradient is c times its slices': its sum is divided by c^2).
 
     chunks: tensors [K, B, ...] of equal-size augmented mini-batches (the public code's train loader
     drops the last partial batch, yet divides by the full data size); offset: the gradient of the
@@ -117,6 +136,9 @@ def fisher_diagonal(model: nn.Module, names: list[str], chunks: Iterable[torch.T
         for n in names:  # in place on the fresh per-batch gradients: no extra [K, ...] buffers
             gn = g[n] if offset is None else g[n].add_(offset[n])
             fisher[n].add_(gn.square_().sum(0), alpha=xs.shape[1] / n_data)
+    for n, c in fold_counts(model).items():
+        if n in fisher:
+            fisher[n].div_(c * c)
     return fisher
 
 
@@ -125,7 +147,11 @@ class RegularizedMethod(Method):
     every training call: online runs replace one slot, offline runs add one per call (= per task)."""
 
     default_memory = "reservoir"
-    allow_grey_fold = False  # the penalty looks at each channel slice of the input weight
+    # The penalty sees each channel slice of mlp400's input weight. On grey input the slices share
+    # their gradients, but weight decay pulls each toward 0 by its own value, so their drifts from
+    # the anchors, the Fisher's penalty offset and RWalk's EMA differ slightly: the fold is not exact
+    # (README, "The grey fold"). --grey_fold all folds anyway, with importances in per-slice units.
+    exact_grey_fold = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -147,7 +173,8 @@ class RegularizedMethod(Method):
     def after_fit(self, task_id: int, phase: str) -> None:
         anchor = {n: p.detach().clone() for n, p in reg_params(self.model).items()}
         imp = self.importance(task_id, phase)
-        self.penalty.add(imp, anchor, replace=self.online_reg and len(self.penalty) > 0)
+        self.penalty.add(imp, anchor, replace=self.online_reg and len(self.penalty) > 0,
+                         folds=fold_counts(self.model))
         self.n_calls += 1
 
     def extra_state(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods.regularization import RegularizedMethod, reg_params
+from methods.regularization import RegularizedMethod, fold_counts, reg_params
 
 ALPHA = 0.5  # EMA weight of the newest squared gradient
 EPS = 1e-3  # the score's denominator floor
@@ -25,7 +25,12 @@ class RWalk(RegularizedMethod):
     ``detach()`` (no copy), and the in-place optimizer step and gradient accumulation (PyTorch 1.x)
     make old and new the same tensors: the score stays 0 and RWalk is an EMA-Fisher EWC.
     "paper": the RWalk path integral -g * dtheta / (0.5 F dtheta^2 + eps) with real snapshots.
-    Chosen by ``--rwalk_score``."""
+    Chosen by ``--rwalk_score``.
+
+    ``fisher_ema`` holds squared gradients of the model's own parameters; a folded parameter (grey
+    mlp400: the sum of c input-weight slices, gradient c times a slice's) is turned into per-slice
+    units (g / c, dtheta / c, F / c^2) for the score and the importance, so both are the paper
+    model's."""
 
     score_rule = "public"
 
@@ -54,10 +59,12 @@ class RWalk(RegularizedMethod):
         """One step's update from the gradients left in ``p.grad`` (and the parameters before the step)."""
         names = [n for n, p in params.items() if p.grad is not None]
         if old is not None:
+            folded = fold_counts(self.model)
             for n in names:
-                delta = params[n] - old[n]
-                fisher = self.fisher_ema.get(n, torch.zeros_like(delta))
-                step = params[n].grad * delta / (0.5 * fisher * delta.square() + EPS)
+                c = folded.get(n, 1)
+                delta, g = (params[n] - old[n]) / c, params[n].grad / c
+                fisher = self.fisher_ema.get(n, torch.zeros_like(delta)) / (c * c)
+                step = g * delta / (0.5 * fisher * delta.square() + EPS)
                 self.call_score[n] = self.call_score.get(n, torch.zeros_like(delta)) - step
         ema = [n for n in names if n in self.fisher_ema]
         for n in names:
@@ -76,7 +83,9 @@ class RWalk(RegularizedMethod):
         else:
             self.score = {n: 0.5 * self.score.get(n, torch.zeros_like(p)) + 0.5 * call[n] for n, p in params.items()}
         self.call_score = {}
-        return {n: self.fisher_ema.get(n, torch.zeros_like(p)) + self.score[n] for n, p in params.items()}
+        folded = fold_counts(self.model)
+        return {n: self.fisher_ema.get(n, torch.zeros_like(p)) / folded.get(n, 1) ** 2 + self.score[n]
+                for n, p in params.items()}
 
     def extra_state(self) -> dict:
         cpu = lambda d: None if d is None else {n: t.cpu() for n, t in d.items()}  # noqa: E731

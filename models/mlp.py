@@ -7,12 +7,18 @@ from torch import nn
 
 
 class ScaleGrad(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the gradient by ``c`` in the backward pass."""
+    """Identity in the forward pass; multiplies the gradient by ``c`` in the backward pass (works
+    under torch.func transforms: EWC's vmapped Fisher)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, c: float) -> torch.Tensor:
-        ctx.c = c
+    def forward(w: torch.Tensor, c: float) -> torch.Tensor:
         return w.view_as(w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.c = inputs[1]
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -90,6 +96,10 @@ class MLP(nn.Module):
         lin.weight = nn.Parameter(folded)
         self.input.lin = lin
         self.input.in_features = folded.shape[1]
+
+    def folded(self) -> dict[str, int]:
+        """Parameters that stand for the sum of ``c`` slices with identical gradients: name -> c."""
+        return {"input.lin.weight": self.in_channels} if self.grey_sgd else {}
 
     def _input_weight(self, x_channels: int) -> torch.Tensor | None:
         if self.grey_sgd:

@@ -71,8 +71,9 @@ def test_fisher_hand_computed_on_a_two_parameter_model():
         [sum(grad_of(x)[j] ** 2 for b in batches for x in b) / 5 for j in range(2)], rel=1e-5)
 
 
-def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
-    m = make("ewc", "--stream_env", "online")
+@pytest.mark.parametrize("fold", ["auto", "all"])
+def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop(fold):
+    m = make("ewc", "--stream_env", "online", "--grey_fold", fold)
     tr = trainer_for(m)
     tr.begin_task(0, torch.arange(60), torch.arange(100))
     assert list(reg_params(m.model)) == BODY  # the fresh head's weight and bias are not regularised
@@ -80,7 +81,8 @@ def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
     m.update_memory(0)
     ((imp, anchor),) = m.penalty.slots
     assert set(imp) == set(anchor) == set(BODY) and not HEAD & set(imp)
-    assert m.model.input.lin.weight.shape[1] == 28 * 28  # grey fold: one weight for the 3 slices
+    c = 3 if fold == "all" else 1  # auto: no fold for EWC (each slice is its own weight); all: one for 3
+    assert m.model.input.lin.weight.shape[1] == 3 * 28 * 28 // c
     # recompute the memory-phase Fisher by hand: one batch of 16 from the 30 memory samples (14 dropped
     # but counted in the data size), training augmentation, eval mode, CE at the predicted label
     # plus the current penalty
@@ -97,7 +99,7 @@ def test_head_is_excluded_and_the_method_fisher_matches_a_per_batch_loop():
         loss = F.cross_entropy(logits, logits.argmax(1)) + m.reg_coef * m.penalty(params)
         for n, gr in zip(params, torch.autograd.grad(loss, list(params.values()))):
             expect[n] += gr ** 2 * 16 / 30
-    expect["input.lin.weight"] /= 9  # the folded weight's gradient is 3 times each slice's
+    expect["input.lin.weight"] /= c * c  # the folded weight's gradient is 3 times each slice's
     for n in BODY:
         assert torch.allclose(got[n], expect[n], rtol=1e-4, atol=1e-12), n
 
@@ -190,6 +192,18 @@ def test_end_to_end_on_mnist(mnist_dir: Path, tmp_path: Path, mode, stream_env, 
         assert res["A_last"] > 20, res["task_acc"]
 
 
+def test_grey_fold_all_runs_ewc_and_rwalk_folded_on_mnist(mnist_dir: Path, tmp_path: Path):
+    """--grey_fold all: EWC/RWalk train one input weight for the 3 channels and still learn MNIST."""
+    for mode in ("ewc", "rwalk"):
+        out = tmp_path / mode
+        argv = ["--mode", mode, "--dataset", "mnist", "--n_epoch", "1", "--memory_size", "100", "--data_dir",
+                str(mnist_dir), "--out_dir", str(out), "--device", "cpu", "--transforms", "--grey_fold", "all"]
+        assert rm_main.main(argv) == 0
+        (path,) = (out / "results" / "mnist").glob("*.json")
+        res = json.loads(path.read_text())
+        assert res["config"]["grey_fold"] == "all" and res["A_last"] > 20, res["task_acc"]
+
+
 def test_regularised_parameters_are_chosen_by_name_not_position():
     """Everything but the head ``fc``, wherever the head sits, and however many tensors it has."""
     class HeadFirst(nn.Module):
@@ -207,20 +221,35 @@ def test_regularised_parameters_are_chosen_by_name_not_position():
     assert list(reg_params(m.model)) == BODY
 
 
-def test_grey_fold_with_the_penalty_follows_the_3_channel_model():
+def test_grey_fold_with_the_penalty_is_exact_without_weight_decay():
     """mlp400 on grey images: the folded model (one input weight = the sum of the 3 slices) with the
     penalty, its Fisher and RWalk's path-integral score in per-slice units follows the 3-channel model
-    fed the image three times: 3 calls of 15 SGD steps (momentum, Nesterov, weight decay), a Fisher
-    slot and an RWalk importance after each call (float64, so rounding cannot grow)."""
+    fed the image three times: 3 calls of 15 SGD steps (momentum, Nesterov), a Fisher slot and an
+    RWalk importance after each call (float64, so rounding cannot grow)."""
+    dev = _fold_penalty_run(weight_decay=0.0)
+    assert max(dev.values()) < 1e-9, dev
+
+
+def test_grey_fold_with_the_penalty_is_not_exact_with_weight_decay():
+    """The public SGD's weight decay (1e-4) pulls each slice toward 0 by its own value, so the slices'
+    drifts from the anchors differ: the Fisher's penalty offset and RWalk's score differ per slice and
+    the fold only approximates the 3-channel model (why EWC/RWalk fold only with --grey_fold all)."""
+    dev = _fold_penalty_run(weight_decay=1e-4)
+    assert dev["fisher"] > 1e-7 and dev["rwalk"] > 1e-7, dev  # the slices' importances part
+    assert max(dev.values()) < 1e-2, dev  # ... by little over 45 steps
+
+
+def _fold_penalty_run(weight_decay: float) -> dict[str, float]:
+    """Largest relative deviations of the folded run from the 3-channel run (float64)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        _fold_penalty_run()
+        return _fold_penalty_steps(weight_decay)
     finally:
         torch.set_default_dtype(old)
 
 
-def _fold_penalty_run():
+def _fold_penalty_steps(weight_decay: float) -> dict[str, float]:
     from methods.regularization import fold_counts
     from models import build_model
     torch.manual_seed(0)
@@ -232,18 +261,20 @@ def _fold_penalty_run():
     for m in (full, fold):
         rw = make("rwalk")
         rw.model, rw.score_rule = m, "paper"
-        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=weight_decay)
         runs.append((m, opt, QuadraticPenalty(), rw))
     gen = torch.Generator().manual_seed(1)
     reg = 50.0
+    dev = {"fisher": 0.0, "rwalk": 0.0, "penalty": -1.0, "logits": 0.0, "weight": 0.0}
 
-    def slices(t: torch.Tensor, n: str, m: nn.Module) -> list[torch.Tensor]:
-        return list(t.view(400, 3, 784).unbind(1)) if n == "input.lin.weight" and m is full else [t]
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
     for call in range(3):
         for _ in range(15):
             x = torch.randn(16, 1, 28, 28, generator=gen)
             y = torch.randint(0, 10, (16,), generator=gen)
+            values = []
             for m, opt, pen, rw in runs:
                 m.train()
                 params = reg_params(m)
@@ -251,10 +282,13 @@ def _fold_penalty_run():
                 opt.zero_grad()
                 loss = F.cross_entropy(m(x.expand(-1, 3, -1, -1) if m is full else x), y)
                 if len(pen):
-                    loss = loss + reg * pen(params)
+                    values.append(pen(params))
+                    loss = loss + reg * values[-1]
                 loss.backward()
                 opt.step()
                 rw.update_fisher_and_score(params, before)
+            if values and values[0].item() > 1e-12:  # the penalty value, as the 3 slices would have it
+                dev["penalty"] = max(dev["penalty"], abs(values[0].item() - values[1].item()) / values[0].item())
         xs = torch.randn(2, 8, 1, 28, 28, generator=gen)
         imps = []
         for m, opt, pen, rw in runs:
@@ -267,16 +301,15 @@ def _fold_penalty_run():
             fisher = fisher_diagonal(m, names, [xs.expand(-1, -1, 3, -1, -1) if m is full else xs], 20, offset)
             pen.add(fisher, {n: p.detach() for n, p in params.items()}, replace=False, folds=fold_counts(m))
             imps.append((fisher, rw.importance(call, "stream")))
-        for n in BODY:  # every slice of the 3-channel model's importances equals the folded per-slice one
-            for k in range(2):
+        for n in BODY:  # every slice of the 3-channel model's importances against the folded per-slice one
+            for k, key in enumerate(("fisher", "rwalk")):
                 ref = imps[1][k][n]
-                for s in slices(imps[0][k][n], n, full):
-                    assert torch.allclose(s, ref, rtol=1e-7, atol=1e-12), (call, k, n)
-        assert imps[0][0]["input.lin.weight"].abs().sum() > 0 and imps[0][1]["input.lin.weight"].abs().sum() > 0
-        p_full, p_fold = (pen(reg_params(m)) for m, _, pen, _ in runs)
-        assert p_full.item() > 1e-6 and p_full.item() == pytest.approx(p_fold.item(), rel=1e-9)
+                slices = imps[0][k][n].view(400, 3, 784).unbind(1) if n == "input.lin.weight" else [imps[0][k][n]]
+                dev[key] = max(dev[key], *(rel(s, ref) for s in slices))
+        assert imps[1][0]["input.lin.weight"].abs().sum() > 0 and imps[1][1]["input.lin.weight"].abs().sum() > 0
+    assert dev["penalty"] >= 0, "the penalty values were never compared"
     x = torch.randn(32, 1, 28, 28, generator=gen)
     full.eval(), fold.eval()
-    assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9)
-    w = full.input.lin.weight.detach()
-    assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1), atol=1e-9)
+    dev["logits"] = rel(fold(x), full(x.expand(-1, 3, -1, -1)))
+    dev["weight"] = rel(fold.input.lin.weight, full.input.lin.weight.detach().view(400, 3, 784).sum(1))
+    return dev
