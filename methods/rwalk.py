@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from methods import register
-from methods.regularization import RegularizedMethod, fold_counts, reg_params
+from methods.regularization import RegularizedMethod, fold_counts
 
 ALPHA = 0.5  # EMA weight of the newest squared gradient
 EPS = 1e-3  # the score's denominator floor
@@ -46,7 +46,7 @@ class RWalk(RegularizedMethod):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
                    extra: dict[str, torch.Tensor] | None = None):
-        params = reg_params(self.model)
+        params = self.reg_params()
         old = {n: p.detach().clone() for n, p in params.items()} if self.score_rule == "paper" else None
         out = super().train_step(x, y, idx, extra)
         if self.steps > 0:
@@ -76,7 +76,7 @@ class RWalk(RegularizedMethod):
             torch._foreach_addcmul_(f, g, g, value=ALPHA)
 
     def importance(self, task_id: int, phase: str) -> dict[str, torch.Tensor]:
-        params = reg_params(self.model)
+        params = self.reg_params()
         call = {n: self.call_score.get(n, torch.zeros_like(p)) for n, p in params.items()}
         if self.score is None:
             self.score = call
