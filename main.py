@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from configuration.config import ConfigError, base_parser, resolve
-from configuration.validate import check_against_data, check_classes, unused_flags
+from configuration.validate import check_against_data, check_classes, grey_fold_unused, unused_flags
 from methods import build_method, get_method_class, method_names
 from methods.trainer import DivergedError, Settings, Trainer
 from utils.data.decode import DataError
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         ignored = unused_flags(args)
         cfg = resolve(args)
         device, data, tasks = build_run(cfg)
+        ignored += grey_fold_unused(cfg, data.train.images.shape[1])
         opened = None if cfg.dry_run else open_run(cfg, Path(cfg.out_dir))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

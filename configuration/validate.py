@@ -111,6 +111,16 @@ def unused_flags(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def grey_fold_unused(cfg: argparse.Namespace, data_channels: int) -> list[str]:
+    """--grey_fold all/off where it changes nothing (it acts on mlp400 fed grey images, with SGD)."""
+    if cfg.grey_fold == "auto" or (cfg.model_name == "mlp400" and data_channels == 1 and cfg.in_channels > 1
+                                   and cfg.opt_name == "sgd"):
+        return []
+    return [f"--grey_fold {cfg.grey_fold} has no effect here: it applies to mlp400 with 3 input channels fed grey "
+            f"images and trained with sgd (this run: {cfg.model_name}, --in_channels {cfg.in_channels}, "
+            f"{data_channels}-channel images, {cfg.opt_name})"]
+
+
 def fill_method_flags(args: argparse.Namespace) -> None:
     for flag, (_, default) in METHOD_FLAGS.items():
         if getattr(args, flag) is None:

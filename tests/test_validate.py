@@ -77,6 +77,14 @@ def test_flags_the_mode_does_not_read_are_named_in_the_log(mnist_dir, tmp_path):
     assert "ignored by" not in (tmp_path / "logs" / "mnist" / "d.log").read_text()
 
 
+def test_grey_fold_where_it_changes_nothing_is_named_in_the_log(mnist_dir, tmp_path):
+    assert run(mnist_dir, tmp_path, "--mode", "ewc", "--in_channels", "1", "--grey_fold", "all", "--run_name", "g") == 0
+    log = (tmp_path / "logs" / "mnist" / "g.log").read_text()
+    assert "[WARNING] --grey_fold all has no effect here" in log and "--in_channels 1" in log
+    assert run(mnist_dir, tmp_path, "--mode", "ewc", "--grey_fold", "all", "--run_name", "h") == 0
+    assert "has no effect" not in (tmp_path / "logs" / "mnist" / "h.log").read_text()  # mlp400, grey, sgd: folds
+
+
 def test_dry_run_checks_everything_and_writes_no_run_output(mnist_dir, tmp_path, capsys):
     assert run(mnist_dir, tmp_path, "--dry_run") == 0
     out = capsys.readouterr().out
