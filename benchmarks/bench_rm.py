@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import main as rm_main  # noqa: E402
+from benchmarks.bench_methods import run_one  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,20 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transforms", nargs="*", default=["cutmix", "autoaug"])
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more main.py flags")
     a = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as out:
-        args = ["--mode", "rm", "--dataset", a.dataset, "--data_dir", a.data_dir, "--exp_name", "blurry10",
-                "--stream_env", "online", "--rnd_seed", str(a.seed), "--device", a.device, "--out_dir", out,
-                "--transforms", *a.transforms, *a.extra]
-        if a.collections_dir:
-            args += ["--collections_dir", a.collections_dir]
-        # warm the decoded-image cache so the timing is of the run, not of the first decode
-        rm_main.build_run(rm_main.resolve(rm_main.base_parser(rm_main.method_names()).parse_args(args)))
-        t0 = time.perf_counter()
-        rc = rm_main.main(args)
-        wall = time.perf_counter() - t0
-        if rc:
-            return rc
-        res = json.loads(next(Path(out, "results", a.dataset).glob("*.json")).read_text())
+    res = run_one("rm", a)
+    wall = res["bench_wall_s"]
     dev = res["device"]
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name} | transforms: {' '.join(a.transforms) or 'none'} | A_last {res['A_last']:.2f} "

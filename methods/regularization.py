@@ -40,8 +40,8 @@ class _Quadratic(torch.autograd.Function):
         diff = torch._foreach_sub(params, mean)
         a_diff = torch._foreach_mul(diff, imp)
         ctx.save_for_backward(*a_diff)
-        return const + sum(torch.dot(a.flatten(), d.flatten()) if c is None else torch.dot(a.flatten(), d.flatten()) / c
-                           for a, d, c in zip(a_diff, diff, scale))
+        dots = (torch.dot(a.flatten(), d.flatten()) for a, d in zip(a_diff, diff))
+        return const + sum(v if c is None else v / c for v, c in zip(dots, scale))
 
     @staticmethod
     def backward(ctx, g):
@@ -159,15 +159,16 @@ class RegularizedMethod(Method):
         self.online_reg = self.cfg.stream_env == "online"
         self.penalty = QuadraticPenalty()
         self.n_calls = 0  # the public code's task_count: training calls so far
-        self._reg: tuple[tuple[nn.Module, ...], dict[str, nn.Parameter]] = ((), {})
+        self._reg_of: tuple[nn.Module, nn.Module | None] | None = None  # (model, head) of _reg
+        self._reg: dict[str, nn.Parameter] = {}
 
     def reg_params(self) -> dict[str, nn.Parameter]:
         """``reg_params(self.model)``, kept while the model and its head are the same objects:
         walking the modules at every step cost 0.7 s per MNIST run."""
-        key = (self.model, getattr(self.model, HEAD, None))
-        if len(self._reg[0]) != 2 or any(a is not b for a, b in zip(self._reg[0], key)):
-            self._reg = (key, reg_params(self.model))
-        return self._reg[1]
+        head = getattr(self.model, HEAD, None)
+        if self._reg_of is None or self._reg_of[0] is not self.model or self._reg_of[1] is not head:
+            self._reg_of, self._reg = (self.model, head), reg_params(self.model)
+        return self._reg
 
     def penalty_loss(self) -> torch.Tensor | None:
         pen = self.penalty(self.reg_params())

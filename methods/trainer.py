@@ -77,7 +77,6 @@ class Trainer:
         self.timers: dict[str, float] = defaultdict(float)  # seconds per phase, evaluation excluded
         self.samples: dict[str, int] = defaultdict(int)  # samples per phase
         self.eval_time = 0.0
-        self.hook_time = 0.0  # time in after_fit (the importance phase), taken out of the calling phase
         self.anytime: list[dict] = []  # {"task", "samples", "acc"} every eval_period stream samples
         self.stream_seen = 0  # stream samples trained on so far (anytime evaluation)
         self.task_id = 0
@@ -132,9 +131,10 @@ class Trainer:
 
     def timed(self, phase: str, fn: Callable, *args):
         """Run a hook; its time, less the evaluation and the importance pass inside it, goes to ``phase``."""
-        e0, h0, t0 = self.eval_time, self.hook_time, time.perf_counter()
+        e0, h0, t0 = self.eval_time, self.timers.get("importance", 0.0), time.perf_counter()
         out = fn(*args)
-        self.timers[phase] += time.perf_counter() - t0 - (self.eval_time - e0) - (self.hook_time - h0)
+        inner = (self.eval_time - e0) + (self.timers.get("importance", 0.0) - h0)
+        self.timers[phase] += time.perf_counter() - t0 - inner
         return out
 
     def record(self, t: int, res: FitResult) -> None:
@@ -176,7 +176,6 @@ class Trainer:
         dt = time.perf_counter() - t0
         if type(m).after_fit is not Method.after_fit:  # EWC/RWalk's importance: its own phase
             self.timers["importance"] += dt
-            self.hook_time += dt
         return res
 
     def evaluates_epoch(self, epoch: int, n_epoch: int) -> bool:
