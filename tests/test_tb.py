@@ -42,3 +42,13 @@ def test_run_writes_matrix_memory_grid_histogram_and_hparams(mnist_dir, tmp_path
     assert [ea.Scalars(f"MemoryCount/class_{c}")[-1].value for c in range(10)] == counts
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(ea.PluginTagToContent("hparams"))
     assert {"hparam/A_last", "hparam/A_last_final"} <= set(tags["scalars"])
+
+
+def test_image_grid_equals_torchvision_make_grid():
+    """The tensor-only grid is torchvision's make_grid, pixel for pixel (grey and RGB, partial last row)."""
+    from torchvision.utils import make_grid
+    from utils.run.tb import image_grid
+    gen = torch.Generator().manual_seed(0)
+    for n, c, h, w, per_row in [(80, 1, 28, 28, 8), (13, 3, 5, 7, 4), (3, 1, 2, 2, 5), (6, 3, 32, 32, 6)]:
+        cells = torch.randint(0, 256, (n, c, h, w), generator=gen, dtype=torch.uint8)
+        assert torch.equal(image_grid(cells, per_row), make_grid(cells, nrow=per_row, padding=1, pad_value=80))
