@@ -8,12 +8,13 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from configuration.config import ConfigError, base_parser, resolve
-from configuration.validate import check_against_data, check_classes, grey_fold_unused, unused_flags
+from configuration.validate import check_against_data, check_classes, check_world, grey_fold_unused, unused_flags
 from methods import build_method, get_method_class, method_names
 from methods.trainer import DivergedError, Settings, Trainer
 from utils.data.decode import DataError
@@ -22,13 +23,16 @@ from utils.data.splits import SplitError, load_or_make, read_collection, validat
 from utils.data.tasks import build_streams
 from utils.report import metrics
 from utils.report.joint import find_joint_acc
-from utils.run import checkpoint, tb
+from utils.run import checkpoint, dist, tb
 from utils.run.atomic import write_json, write_npy
 from utils.run.logs import close_logging, setup_logging
 from utils.run.names import RunBusyError, RunPaths, claim_run, default_run_name, reserve_run
 from utils.run.runtime import tune_allocator
 
 USER_ERRORS = (ConfigError, DataError, SplitError, checkpoint.CheckpointError, RunBusyError)
+DIST_ERRORS = ((dist.RankStopped, torch.distributed.DistError, RuntimeError) if torch.distributed.is_available()
+               else (dist.RankStopped, RuntimeError))
+T = TypeVar("T")
 NOTES = {"task_acc": "best test accuracy over the epochs of each task's final training call "
                      "(public code protocol; model selection on the test set)",
          "task_acc_final": "test accuracy of the model at the end of each task",
@@ -102,6 +106,36 @@ def open_run(cfg: argparse.Namespace, out: Path) -> tuple[RunPaths, dict | None,
     return paths, state, lock
 
 
+def open_run_everywhere(cfg: argparse.Namespace, out: Path) -> tuple[RunPaths, dict | None, Path | None] | None:
+    """open_run on rank 0 (name, lock, checkpoint); every other rank gets its name and checkpoint state."""
+    opened = open_run(cfg, out) if dist.info().main else None
+    if not dist.info().active:
+        return opened
+    shared = dist.broadcast(None if opened is None else (opened[0].name, opened[1]))
+    if shared is None:
+        return None
+    return opened if dist.info().main else (RunPaths(out, cfg.dataset, shared[0]), shared[1], None)
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 first (it may write the decoded-image cache), then on the other ranks; a user
+    error on rank 0 stops every rank with it."""
+    if not dist.info().active:
+        return fn()
+    if dist.info().main:
+        try:
+            out = fn()
+        except USER_ERRORS as e:
+            dist.broadcast(str(e))
+            raise
+        dist.broadcast(None)
+        return out
+    error = dist.broadcast(None)
+    if error is not None:
+        raise ConfigError(error)
+    return fn()
+
+
 def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Trainer, data: RunData,
                   device: torch.device, wall: float) -> dict:
     """The results file of a finished run."""
@@ -110,7 +144,8 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
     result = {"config": config, **summary, **{k: rec[k] for k in ("task_acc", "task_acc_final", "cls_acc")},
               "task_classes": data.task_classes,
               **{k: rec[k] for k in ("memory_class_counts", "epochs", "phase_time_s", "phase_samples")},
-              "wall_time_s": wall, "device": str(device), "notes": dict(NOTES)}
+              "wall_time_s": wall, "device": str(device), "world_size": dist.info().world,
+              "backend": dist.info().backend or "none", "notes": dict(NOTES)}
     if cfg.eval_period:
         result["anytime"] = trainer.anytime
         result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])
@@ -132,11 +167,16 @@ def fmt(v: float | None) -> str:
 def start_log(cfg: argparse.Namespace, paths: RunPaths, device: torch.device, data: RunData, state: dict | None,
               ignored: list[str]) -> tuple[logging.Logger, dict]:
     """The run's log (file and stderr) and its saved configuration; ``ignored``: flags this run does not read."""
-    log = setup_logging(paths.log)
+    main_rank = dist.info().main
+    log = setup_logging(paths.log if main_rank else None, rank=None if main_rank else dist.info().rank)
     config = dict(vars(cfg), run_name=paths.name, device_resolved=str(device))
-    write_json(paths.config, config)
+    if main_rank:
+        write_json(paths.config, config)
     log.info("Run %s on %s | config %s", paths.name, device, json.dumps(config))
     log.info("Data: %s", data.info)
+    if dist.info().active:
+        log.info("torchrun: %d processes (%s); --batchsize %d is the global batch, %d per rank; rank 0 writes the "
+                 "outputs", dist.info().world, dist.info().backend, cfg.batchsize, cfg.batchsize // dist.info().world)
     if cfg.pretrain:
         log.warning("--pretrain is ignored: no pretrained weights are used (the flag is accepted so that the "
                     "public scripts run)")
@@ -174,14 +214,19 @@ def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData
                     ignored: list[str]) -> int:
     """Train (continuing after the checkpoint ``state``), checkpoint after every task, write the results."""
     log, config = start_log(cfg, paths, device, data, state, ignored)
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(paths.tensorboard))
+    main_rank = dist.info().main  # only rank 0 writes: log file, TensorBoard, checkpoints, results
+    writer = None
+    if main_rank:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(paths.tensorboard))
     wall = (state["wall_s"] if state else 0.0) - start  # + perf_counter(): the run's wall time so far
     try:
         trainer = build_trainer(cfg, data, tasks, device, writer, state)
         config["mem_manage_resolved"] = trainer.method.mem_manage
 
         def task_done(t: int) -> None:
+            if not main_rank:
+                return
             checkpoint.save(paths.checkpoint, {
                 "task": t, "method": trainer.method.state_dict(), "trainer": trainer.state_dict(),
                 "rng": checkpoint.rng_state(), "config": checkpoint.comparable(config),
@@ -193,13 +238,25 @@ def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData
                     if paths.checkpoint.exists() else "no task finished")
             log.error("%s; %s. Lower --lr (or check the data) and start the run again.", e, kept)
             return 3
+        except DIST_ERRORS as e:
+            if not dist.info().active:
+                raise
+            kept = (f"the checkpoint of the last finished task is kept ({paths.checkpoint})"
+                    if paths.checkpoint.exists() else "no task finished")
+            what = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            log.error("rank %d: the torchrun run stopped (%s); %s. Start the same torchrun command again with "
+                      "--resume.", dist.info().rank, what, kept)
+            return 1
+        if not main_rank:
+            return 0
         result = result_record(cfg, config, rec, trainer, data, device, wall + time.perf_counter())
         if "A_auc" in result:
             log.info("A_auc %.2f over %d anytime evaluations", result["A_auc"], len(trainer.anytime))
         write_results(log, writer, paths, result, rec["task_acc"])
         paths.checkpoint.unlink(missing_ok=True)  # the results are final; the checkpoint is not needed any more
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         close_logging()
     return 0
 
@@ -211,11 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ignored = unused_flags(args)
         cfg = resolve(args)
-        device, data, tasks = build_run(cfg)
+        check_world(cfg, dist.env_world())
+        if not cfg.dry_run:
+            dist.init(resolve_device(cfg.device).type, cfg.dist_timeout)
+            dist.stop_on_sigterm()
+        device, data, tasks = main_first(lambda: build_run(cfg))
         ignored += grey_fold_unused(cfg, data.train.images.shape[1])
-        opened = None if cfg.dry_run else open_run(cfg, Path(cfg.out_dir))
+        opened = None if cfg.dry_run else open_run_everywhere(cfg, Path(cfg.out_dir))
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        if dist.info().main:
+            print(f"error: {e}", file=sys.stderr)
+        dist.shutdown()
         return 2
     if cfg.dry_run:
         print(f"--dry_run: the settings, the data and the split are valid ({len(tasks)} task(s), "
@@ -223,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{json.dumps(dict(vars(cfg)), default=str)}")
         return 0
     if opened is None:
+        dist.shutdown()
         return 0
     paths, state, lock = opened
     try:
@@ -230,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)
+        dist.shutdown()
 
 
 if __name__ == "__main__":

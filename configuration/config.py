@@ -120,6 +120,10 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--resume", action="store_true",
       help="continue the run of this name (--run_name or the default) after its last finished task; "
            "does nothing when it already finished")
+    a("--dist_timeout", type=float, default=1800.0, metavar="S",
+      help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
+                                      "before the run stops with an error (rank 0 builds the decoded-image cache "
+                                      "while the others wait)"))
     a("--no_cache", action="store_true", help="do not read or write the decoded-image cache")
     a("--input_size", type=int, metavar="N",
       help=range_help("input_size", "resize every image to N x N (bilinear, antialiased); default: the images' own "

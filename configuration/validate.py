@@ -52,6 +52,7 @@ RANGES: dict[str, Range] = {
     "eval_period": Range(0, 10 ** 9, data="0 (off) or at most the stream samples of the run"),
     "input_size": Range(1, 4096, data="resnets: at least 8; mlp400: at most 10^8 input weights"),
     "data_budget_gb": Range(0, 1e6),
+    "dist_timeout": Range(10, 7 * 24 * 3600),
 }
 # flags that only some methods read: (the modes that use it, the default filled in when unset)
 METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
@@ -98,6 +99,20 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
         raise ConfigError(f"--eval_period evaluates during the online stream pass, and {why}; drop --eval_period")
     if cfg.mode == "gdumb" and cfg.memory_size == 0:
         raise ConfigError("--mode gdumb trains on the memory only, so --memory_size 0 trains nothing; give a memory")
+
+
+def check_world(cfg: argparse.Namespace, world: int) -> None:
+    """Under torchrun (``world`` processes): --batchsize is the global batch and is split evenly over the
+    ranks; iCaRL's cutmix runs a second forward pass on each rank's own new-class rows, whose count
+    differs between ranks, so the ranks' batch-norm exchanges would not pair up."""
+    if world <= 1:
+        return
+    if cfg.batchsize % world:
+        raise ConfigError(f"--batchsize {cfg.batchsize} is the global batch and must split evenly over the "
+                          f"{world} torchrun processes: give a multiple of {world}, or another --nproc_per_node")
+    if cfg.mode == "icarl" and "cutmix" in cfg.transforms:
+        raise ConfigError("--mode icarl with cutmix cannot run under torchrun (each rank mixes a different number "
+                          "of new-class samples); drop cutmix from --transforms or run one process")
 
 
 def unused_flags(args: argparse.Namespace) -> list[str]:

@@ -21,6 +21,7 @@ from models import build_model
 from utils.data.augment import TrainAugment, cutmix, normalize
 from utils.data.batches import shuffled_batches
 from utils.data.run_data import RunData
+from utils.run import dist
 
 logger = logging.getLogger("rm")
 
@@ -56,6 +57,7 @@ class Method:
         self.optimizer = None
         self.scheduler = None
         self.samples: dict[str, int] = {}  # work beyond training and evaluation (uncertainty views, ...)
+        self._net: tuple[tuple, nn.Module] | None = None  # (what it was built for, the data-parallel model)
 
     def memory_size(self) -> int:
         return self.cfg.memory_size
@@ -78,6 +80,21 @@ class Method:
         """A new optimizer and scheduler over the trained parameters (reset every task)."""
         self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model,
                                                         self.cfg.sched_name)
+
+    @property
+    def net(self) -> nn.Module:
+        """The model as a training step's first forward pass calls it: under torchrun, wrapped for
+        data-parallel training (batch norm over all ranks, gradients averaged in the backward pass),
+        rebuilt whenever the model, its head or the trained parameters change; alone, the model.
+        Further forward passes of the same step call ``self.model`` (their gradients are averaged too)."""
+        if not dist.info().active:
+            return self.model
+        key = (id(self.model), id(getattr(self.model, "fc", None)),
+               tuple(p.requires_grad for p in self.model.parameters()))
+        if self._net is None or self._net[0] != key:
+            dist.sync_batchnorm(self.model, self.device.type)
+            self._net = (key, dist.data_parallel(self.model, self.device))
+        return self._net[1]
 
     @property
     def n_out(self) -> int:
@@ -134,10 +151,10 @@ class Method:
         self.optimizer.zero_grad(set_to_none=True)
         if self.cutmix and np.random.rand() < 0.5:
             xm, ya, yb, lam = cutmix(x, y, alpha=1.0)
-            logits = self.model(xm)
+            logits = self.net(xm)
             loss = lam * self.criterion(logits, ya) + (1 - lam) * self.criterion(logits, yb)
         else:
-            logits = self.model(x)
+            logits = self.net(x)
             loss = self.criterion(logits, y)
         extra_loss = self.extra_loss(x, y, logits)
         if extra_loss is not None:
@@ -173,17 +190,27 @@ class Method:
 
     # ----------------------------------------------------------------- scoring
     def featurizer(self) -> Featurizer:
-        """Normalised model features of training-set indices (herding, nearest-mean)."""
-        return model_featurizer(self.model, self.data.train.images, self.data.mean, self.data.std)
+        """Normalised model features of training-set indices (herding, nearest-mean); under torchrun
+        each rank computes its share and every rank gets all of them."""
+        local = model_featurizer(self.model, self.data.train.images, self.data.mean, self.data.std)
+        if not dist.info().active:
+            return local
+        return lambda idx: dist.gather_shards(local(dist.shard(idx)), len(idx))
 
     @torch.no_grad()
     def uncertainty(self, cand: torch.Tensor) -> torch.Tensor:
         """Vote uncertainty of the candidates over the --uncert_metric views."""
         self.model.eval()
-        unc, k = vote_uncertainty(self.predict_logits, self.data.train.images, cand, self.cfg.uncert_metric,
-                                  self.n_out)
+        # under torchrun every rank draws all the views (the random stream of one process) and predicts its share
+        predict = self.shared_predict_logits if dist.info().active else self.predict_logits
+        unc, k = vote_uncertainty(predict, self.data.train.images, cand, self.cfg.uncert_metric, self.n_out)
         self.count("uncertainty_views", len(cand) * k)
         return unc
+
+    @torch.no_grad()
+    def shared_predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """predict_logits of every row of ``x``, each rank computing its share (torchrun)."""
+        return dist.gather_shards(self.predict_logits(dist.shard(x)), len(x))
 
     def count(self, key: str, n: int) -> None:
         self.samples[key] = self.samples.get(key, 0) + n

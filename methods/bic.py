@@ -127,7 +127,7 @@ class BiC(Method):
         """(1 - lam) * CE + lam * KD on bias-corrected logits with --distilling (public code), else CE;
         the old model's scores come from ``extra["old_logits"]`` (computed here when not given)."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.correct(self.model(x))
+        logits = self.correct(self.net(x))
         loss = F.cross_entropy(logits, y)
         if self.old_model is not None:
             old = extra["old_logits"] if extra is not None else self.old_scores(x)

@@ -16,9 +16,11 @@ Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores, uint8
 
 @torch.no_grad()
 def evaluate(scores: Scores, predict: Predict, images: torch.Tensor, labels: torch.Tensor, test_idx: torch.Tensor,
-             n_classes: int, topk: int) -> dict:
+             n_classes: int, topk: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             n_total: int | None = None) -> dict:
     """Accuracy (top-k, %), mean loss and per-class accuracy (%; None for absent classes) of the
-    samples ``test_idx``; one host synchronisation at the end."""
+    samples ``test_idx``; one host synchronisation at the end. ``reduce`` (torchrun: a sum over the
+    ranks, each of which evaluated its share of the ``n_total`` samples) combines the counts."""
     device = labels.device
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
@@ -40,7 +42,12 @@ def evaluate(scores: Scores, predict: Predict, images: torch.Tensor, labels: tor
         pred = predict(logits, x)
         cls_total += torch.bincount(y, minlength=n_classes)
         cls_correct += torch.bincount(y[pred == y], minlength=n_classes)
-    n = max(len(test_idx), 1)
+    if reduce is not None:  # counts are exact in float64 up to 2^53
+        packed = reduce(torch.cat([torch.stack([correct.double(), loss_sum.double()]), cls_correct.double(),
+                                   cls_total.double()]))
+        correct, loss_sum = packed[0].round().long(), packed[1]
+        cls_correct, cls_total = packed[2:2 + n_classes].round().long(), packed[2 + n_classes:].round().long()
+    n = max(len(test_idx) if n_total is None else n_total, 1)
     tot = cls_total.tolist()
     cor = cls_correct.tolist()
     return {"avg_acc": 100.0 * correct.item() / n, "avg_loss": loss_sum.item() / n,

@@ -117,7 +117,7 @@ class ICaRL(Method):
         BCE distillation of the old classes' outputs on old-class samples (stored targets of the
         training-set indices ``idx``). Only a cutmix step reads its new-class count on the host."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.net(x)
         new = y >= self.n_learned
         n_new = int(new.sum()) if self.cutmix and np.random.rand() < 0.5 else 0
         if n_new > 1:  # BN needs 2 samples

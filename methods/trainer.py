@@ -22,6 +22,7 @@ from methods.optim import warm_start_lr
 from utils.data.batches import aug_spans
 from utils.data.folder import read_ahead
 from utils.data.run_data import RunData
+from utils.run import dist
 from utils.run.tb import log_task
 
 logger = logging.getLogger("rm")
@@ -62,6 +63,12 @@ class Settings:
     def from_config(cls, cfg: argparse.Namespace) -> "Settings":
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
                    eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0)
+
+
+def own_rows(sizes: list[int], device: torch.device) -> torch.Tensor:
+    """Positions, in a chunk of consecutive batches of ``sizes``, of this rank's share of each batch."""
+    starts = [sum(sizes[:n]) for n in range(len(sizes))]
+    return torch.cat([dist.shard(torch.arange(o, o + s, device=device)) for o, s in zip(starts, sizes)])
 
 
 class Trainer:
@@ -203,7 +210,9 @@ class Trainer:
 
     def run_epoch(self, phase: str, epoch: int, batches: list[torch.Tensor]) -> tuple[float, float]:
         """Train on the given index batches; augmentation (and ``chunk_extras``) runs on chunks of
-        whole batches; one host synchronisation per epoch."""
+        whole batches; one host synchronisation per epoch. Under torchrun each rank trains on its
+        share of every batch (the anytime rule still counts whole batches) and the epoch's loss and
+        accuracy are summed over the ranks."""
         m = self.method
         m.model.train()
         if not batches:
@@ -218,9 +227,13 @@ class Trainer:
         spans = aug_spans([len(b) for b in batches])
         chunks = [torch.cat(batches[i:j]) for i, j in spans]
         read_ahead(imgs, chunks)
+        batches_all, batches = batches, [dist.shard(b) for b in batches]
         for (i, j), idx in zip(spans, chunks):
-            x_all = m.train_aug(imgs[idx])
+            x_all = m.train_aug(imgs[idx])  # under torchrun: the whole chunk, as one process draws it, ...
             y_all = labels[idx]
+            if dist.info().active:  # ... of which each rank keeps its share of every batch
+                rows = own_rows([len(b) for b in batches_all[i:j]], x_all.device)
+                x_all, y_all = x_all[rows], y_all[rows]
             extras = m.chunk_extras(x_all)
             o = 0
             for b in batches[i:j]:
@@ -236,10 +249,19 @@ class Trainer:
                 k += 1
             bar.update(j - i)
         bar.close()
-        loss = total_loss.item() / len(batches)  # the epoch's one host sync
+        if dist.info().active:  # mean over the ranks of their mean losses (equal shares: the batch's mean)
+            fp = float(dist.rng_fingerprint())
+            sums = dist.all_sum(torch.tensor([total_loss.item(), correct.item(), fp, fp * fp], dtype=torch.float64,
+                                             device=m.device))  # on the device: NCCL reduces GPU tensors only
+            if sums[3] * dist.info().world != sums[2] * sums[2]:  # not every rank has the same fingerprint
+                raise RuntimeError(f"the ranks' random streams parted in task {self.task_id}, {phase} epoch "
+                                   f"{epoch + 1}: they would train on different batches (a bug; please report it)")
+            total_loss, correct = sums[0] / dist.info().world, int(sums[1].round())
+            n_seen = sum(len(b) for b in batches_all)
+        loss = float(total_loss) / len(batches)  # the epoch's one host sync
         if not math.isfinite(loss):
             raise DivergedError(self.task_id, phase, epoch, loss)
-        return loss, 100.0 * correct.item() / max(n_seen, 1)
+        return loss, 100.0 * int(correct) / max(n_seen, 1)
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, test_idx: torch.Tensor) -> dict:
@@ -248,8 +270,9 @@ class Trainer:
         t0 = time.perf_counter()
         m.model.eval()
         m.before_eval()
-        out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels, test_idx,
-                       self.data.n_classes, self.settings.topk)
+        out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels,
+                       dist.shard(test_idx), self.data.n_classes, self.settings.topk,
+                       reduce=dist.all_sum if dist.info().active else None, n_total=len(test_idx))
         self.eval_time += time.perf_counter() - t0
         self.samples["evaluation"] += len(test_idx)
         return out

@@ -15,7 +15,7 @@ from utils.run.atomic import atomic_write
 FORMAT = 2  # 1: a pickle of the whole method object (refused)
 # settings that may differ between the interrupted run and its resumption
 FREE_KEYS = {"resume", "run_name", "device", "device_resolved", "out_dir", "data_dir", "joint_acc_source",
-             "mem_manage_resolved", "no_cache", "n_worker", "data_budget_gb", "dry_run"}
+             "mem_manage_resolved", "no_cache", "n_worker", "data_budget_gb", "dry_run", "dist_timeout"}
 
 
 class CheckpointError(Exception):

@@ -6,15 +6,17 @@ import sys
 from pathlib import Path
 
 
-def setup_logging(log_file: Path | None) -> logging.Logger:
-    """Log to the run's file and to stderr (the 'rm' logger)."""
+def setup_logging(log_file: Path | None, rank: int | None = None) -> logging.Logger:
+    """Log to the run's file and to stderr (the 'rm' logger). ``rank``: a torchrun rank other than 0,
+    which logs only warnings and errors, to stderr, with its rank."""
     logger = logging.getLogger("rm")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if rank is None else logging.WARNING)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
-    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S")
+    who = "" if rank is None else f"[rank {rank}] "
+    fmt = logging.Formatter(f"%(asctime)s {who}[%(levelname)s] %(message)s", "%H:%M:%S")
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(fmt)
     logger.addHandler(sh)
