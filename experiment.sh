@@ -22,6 +22,11 @@ OUT_DIR=${OUT_DIR:-"."}              # root of logs/ results/ tensorboard/
 EXTRA=${EXTRA:-""}                   # any other main.py flags
 JOBS=${JOBS:-1}                      # runs at a time; with more than 1, each run uses THREADS torch threads
 THREADS=${THREADS:-1}
+ENGINE=${ENGINE:-"local"}            # local (this machine, JOBS at a time) or ray (RAY_ADDRESS's cluster, or a local one)
+CPUS_PER_RUN=${CPUS_PER_RUN:-1}      # ENGINE=ray: CPUs (and torch threads) of each run
+GPUS_PER_RUN=${GPUS_PER_RUN:-0}      # ENGINE=ray: GPUs of each run; a fraction such as 0.25 packs 4 runs on one GPU
+RETRIES=${RETRIES:-2}                # ENGINE=ray: retries (with --resume) of a run that fails or whose worker dies
+RAY_CPUS=${RAY_CPUS:-""}             # ENGINE=ray without RAY_ADDRESS: cores of the local Ray ("" = all)
 
 # The model, epochs, batch size, learning rate, optimizer, schedule, task split sizes and top-k are
 # the dataset's preset (utils/data/datasets.py, the public scripts' settings), which main.py fills in.
@@ -37,6 +42,23 @@ run_one() {  # MODE SEED
     --out_dir "$OUT_DIR" --resume ${OPT[@]+"${OPT[@]}"} $EXTRA
 }
 FAILED=0
+if [ "$ENGINE" = "ray" ]; then
+  for MODE in $MODES; do
+    for SEED in $SEEDS; do
+      # shellcheck disable=SC2086
+      printf '%q ' --mode "$MODE" --mem_manage "$MEM_MANAGE" --exp_name "$EXP" --dataset "$DATASET" \
+        --stream_env "$STREAM" --rnd_seed "$SEED" --transforms $TRANS --uncert_metric "$UNCERT_METRIC" \
+        --out_dir "$OUT_DIR" --resume ${OPT[@]+"${OPT[@]}"} $EXTRA
+      echo
+    done
+  done | "$PY" -m utils.run.sweep --cpus_per_run "$CPUS_PER_RUN" --gpus_per_run "$GPUS_PER_RUN" \
+           --retries "$RETRIES" ${RAY_CPUS:+--cpus "$RAY_CPUS"} --python "$PY" || FAILED=$?
+  [ "$FAILED" = 2 ] && exit 2
+elif [ "$ENGINE" != "local" ]; then
+  echo "error: ENGINE must be local or ray (got '$ENGINE')" >&2
+  exit 2
+fi
+[ "$ENGINE" = "ray" ] && MODES=""  # the runs went to Ray
 for MODE in $MODES; do
   for SEED in $SEEDS; do
     echo "=== $MODE seed $SEED ($DATASET $EXP $STREAM, transforms: ${TRANS:-none})"
