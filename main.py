@@ -136,8 +136,18 @@ def main_first(fn: Callable[[], T]) -> T:
     return fn()
 
 
+def decoded_per_rank(data: RunData, device: torch.device) -> list[int] | None:
+    """Training images each rank decoded, for a split streamed from disk (every rank calls it); else None."""
+    decoded = getattr(data.train.images, "decoded", None)
+    if decoded is None:
+        return None
+    counts = torch.zeros(dist.info().world, dtype=torch.long, device=device)
+    counts[dist.info().rank] = decoded
+    return dist.all_sum(counts).tolist()
+
+
 def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Trainer, data: RunData,
-                  device: torch.device, wall: float) -> dict:
+                  device: torch.device, wall: float, decoded: list[int] | None = None) -> dict:
     """The results file of a finished run."""
     summary = metrics.summarize(rec["task_acc"], rec["task_acc_final"], rec["cls_acc"], data.task_classes,
                                 None if cfg.joint_acc is None else float(cfg.joint_acc))
@@ -146,6 +156,8 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
               **{k: rec[k] for k in ("memory_class_counts", "epochs", "phase_time_s", "phase_samples")},
               "wall_time_s": wall, "device": str(device), "world_size": dist.info().world,
               "backend": dist.info().backend or "none", "notes": dict(NOTES)}
+    if decoded is not None:
+        result["decoded_train_images_per_rank"] = decoded
     if cfg.eval_period:
         result["anytime"] = trainer.anytime
         result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])
@@ -247,9 +259,10 @@ def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData
             log.error("rank %d: the torchrun run stopped (%s); %s. Start the same torchrun command again with "
                       "--resume.", dist.info().rank, what, kept)
             return 1
+        decoded = decoded_per_rank(data, device)
         if not main_rank:
             return 0
-        result = result_record(cfg, config, rec, trainer, data, device, wall + time.perf_counter())
+        result = result_record(cfg, config, rec, trainer, data, device, wall + time.perf_counter(), decoded)
         if "A_auc" in result:
             log.info("A_auc %.2f over %d anytime evaluations", result["A_auc"], len(trainer.anytime))
         write_results(log, writer, paths, result, rec["task_acc"])

@@ -203,7 +203,8 @@ class Method:
         self.model.eval()
         # under torchrun every rank draws all the views (the random stream of one process) and predicts its share
         predict = self.shared_predict_logits if dist.info().active else self.predict_logits
-        unc, k = vote_uncertainty(predict, self.data.train.images, cand, self.cfg.uncert_metric, self.n_out)
+        unc, k = vote_uncertainty(predict, dist.shared_decoding(self.data.train.images), cand, self.cfg.uncert_metric,
+                                  self.n_out)
         self.count("uncertainty_views", len(cand) * k)
         return unc
 

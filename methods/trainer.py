@@ -220,7 +220,7 @@ class Trainer:
         total_loss = torch.zeros((), device=m.device)
         correct = torch.zeros((), device=m.device, dtype=torch.long)
         n_seen = 0
-        imgs, labels = self.data.train.images, self.data.train_labels
+        imgs, labels = dist.shared_decoding(self.data.train.images), self.data.train_labels
         anytime = self.anytime_hook(phase, batches)
         k = 0
         bar = tqdm(total=len(batches), desc="train", leave=False, disable=not sys.stderr.isatty(), mininterval=0.5)

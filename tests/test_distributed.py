@@ -131,6 +131,23 @@ def test_two_process_rm_run_killed_rank_and_resume(mnist_dir, tmp_path):
     assert not ckpt.exists()
 
 
+def test_two_process_run_on_a_streamed_split_decodes_a_share_on_each_rank(mnist_dir, tmp_path):
+    """A split over the data budget is streamed from disk: each of the 2 ranks decodes a share of the
+    images and receives the rest from the other, and the run equals the same run held in memory."""
+    mem, streamed = tmp_path / "mem", tmp_path / "streamed"
+    run(rm_args(mnist_dir, mem, "r"), nproc=2)
+    out = run(rm_args(mnist_dir, streamed, "r") + ["--data_budget_gb", "0.0001"], nproc=2)
+    a = json.loads((mem / "results" / "mnist" / "r.json").read_text())
+    b = json.loads((streamed / "results" / "mnist" / "r.json").read_text())
+    assert "streamed from disk" in (streamed / "logs" / "mnist" / "r.log").read_text(), out[-2000:]
+    for k in ("task_acc", "task_acc_final", "cls_acc", "memory_class_counts", "A_last"):
+        assert a[k] == b[k], k
+    per_rank = b["decoded_train_images_per_rank"]
+    # one process decodes each of the 3000 training images it touches at least once; each rank far fewer
+    assert len(per_rank) == 2 and all(0 < n < 0.9 * 3000 for n in per_rank), per_rank
+    assert "decoded_train_images_per_rank" not in a
+
+
 def test_batch_that_does_not_split_over_the_ranks_is_refused(mnist_dir, tmp_path):
     """--batchsize is the global batch: 15 over 2 processes is refused on every rank, nothing written."""
     p = launch(rm_args(mnist_dir, tmp_path, "b") + ["--batchsize", "15"])

@@ -139,6 +139,35 @@ def rng_fingerprint() -> int:
     return crc % (1 << 20)
 
 
+class SharedDecoding:
+    """A split streamed from disk, read by every rank: each rank decodes its contiguous share of the
+    asked indices (and plans only that share ahead), and the ranks exchange the decoded images, so
+    every rank gets all of them having decoded a 1/N share."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def plan(self, chunks: list[torch.Tensor]) -> None:
+        plan = getattr(self.images, "plan", None)
+        if plan is not None:
+            plan([shard(c) for c in chunks])
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return gather_shards(self.images[shard(idx)], len(idx))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getattr__(self, name: str):
+        return getattr(self.images, name)
+
+
+def shared_decoding(images):
+    """``images`` as every rank should read them in step: a SharedDecoding for a streamed split under
+    torchrun, else the images themselves (in memory, each rank indexes what it needs)."""
+    return SharedDecoding(images) if _INFO.active and not isinstance(images, torch.Tensor) else images
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (pickled; plain data)."""
     if not _INFO.active:
