@@ -40,8 +40,9 @@ def worker_pids(out: Path, mode: str, seed: str) -> list[int]:
             args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if (d.name.isdigit() and any(a.endswith("main.py") for a in args) and str(out) in args
-                and args[args.index("--mode") + 1:][:1] == [mode] and args[args.index("--rnd_seed") + 1:][:1] == [seed]):
+        if not (d.name.isdigit() and any(a.endswith("main.py") for a in args) and str(out) in args):
+            continue
+        if args[args.index("--mode") + 1:][:1] == [mode] and args[args.index("--rnd_seed") + 1:][:1] == [seed]:
             pids.append(int(d.name))
     return pids
 
