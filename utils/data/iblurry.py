@@ -1,0 +1,153 @@
+"""i-Blurry-N-M task splits (CLIB, ICLR 2022; SPEC section 12): generated from a seed, and the CLIB
+code's split files (``<ds>_split<T>_n<N>_m<M>_rand<seed>_task<t>.json``, test set ``<ds>_val.json``).
+
+N% of the classes are disjoint (equally many per task, all their samples in their own task); the
+rest are blurry (a home task each, equally many per task). M% of each blurry class's samples are
+pooled, shuffled and cut into T equal chunks; chunk t joins task t; each task is then shuffled.
+SPEC leaves open whether the pool is M% of each blurry class or M% of all blurry samples; this is
+the first (the one the CIFAR-10 n50_m10 statistics fit)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.data.splits import Record, SplitError, folder_of, klass_value
+
+
+@dataclass(frozen=True)
+class IBlurry:
+    """i-Blurry-N-M: ``n`` percent of the classes disjoint, ``m`` percent of each blurry class pooled."""
+
+    n: int
+    m: int
+
+    @property
+    def name(self) -> str:
+        return f"iblurry{self.n}_{self.m}"
+
+
+def parse_iblurry(exp: str) -> IBlurry | None:
+    """IBlurry(N, M) for "iblurryN_M" (0 <= N, M <= 100), None for any other exp name."""
+    match = re.fullmatch(r"iblurry(\d{1,3})_(\d{1,3})", exp)
+    if match is None:
+        return None
+    n, m = int(match.group(1)), int(match.group(2))
+    if n > 100 or m > 100:
+        raise SplitError(f"--exp_name {exp}: N and M of iblurryN_M are percentages (0-100)")
+    return IBlurry(n, m)
+
+
+def clib_train_name(dataset: str, n_tasks: int, spec: IBlurry, seed: int, t: int) -> str:
+    """The CLIB code's name of task t's training split."""
+    return f"{dataset}_split{n_tasks}_n{spec.n}_m{spec.m}_rand{seed}_task{t}.json"
+
+
+def clib_test_name(dataset: str) -> str:
+    return f"{dataset}_val.json"
+
+
+def class_roles(classes: list[str], n_tasks: int, spec: IBlurry,
+                rng: np.random.RandomState) -> tuple[list[list[str]], list[list[str]]]:
+    """Per task, its disjoint classes and its home blurry classes, from a random class order: the first
+    N% of the order are disjoint, the rest blurry, each group dealt to the tasks in equal numbers."""
+    n_disjoint = round(spec.n * len(classes) / 100)
+    order = [classes[i] for i in rng.permutation(len(classes))]
+    disjoint, blurry = order[:n_disjoint], order[n_disjoint:]
+    for kind, group in (("disjoint", disjoint), ("blurry", blurry)):
+        if len(group) % n_tasks:
+            raise SplitError(f"i-Blurry-{spec.n}-{spec.m} over {n_tasks} tasks: the {len(group)} {kind} classes of "
+                             f"{len(classes)} do not split equally over the tasks; choose N or --n_tasks so they do")
+    per_d, per_b = len(disjoint) // n_tasks, len(blurry) // n_tasks
+    return ([disjoint[t * per_d:(t + 1) * per_d] for t in range(n_tasks)],
+            [blurry[t * per_b:(t + 1) * per_b] for t in range(n_tasks)])
+
+
+def make_iblurry(class_files: dict[str, list[str]], n_tasks: int, spec: IBlurry,
+                 seed: int) -> tuple[list[list[str]], dict[str, str], dict[str, int]]:
+    """The training files of each task (shuffled), each class's role ("disjoint"/"blurry") and home task.
+
+    RNG: one numpy RandomState(seed), drawn in this order: the class permutation (of the sorted
+    class names); per blurry class in task order, a permutation of its sorted files (the first M%
+    go to the pool); the pool's permutation; per task, its stream's permutation."""
+    if n_tasks < 1:
+        raise SplitError(f"n_tasks must be at least 1, got {n_tasks}")
+    classes = sorted(class_files)
+    rng = np.random.RandomState(seed)
+    disjoint, blurry = class_roles(classes, n_tasks, spec, rng)
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_tasks)]
+    pool: list[np.ndarray] = []
+    role, home = {}, {}
+    for t in range(n_tasks):
+        for c in disjoint[t]:
+            parts[t].append(np.array(sorted(class_files[c]), dtype=object))
+            role[c], home[c] = "disjoint", t
+        for c in blurry[t]:
+            files = np.array(sorted(class_files[c]), dtype=object)
+            files = files[rng.permutation(len(files))]
+            n_pool = round(spec.m * len(files) / 100)
+            pool.append(files[:n_pool])
+            parts[t].append(files[n_pool:])
+            role[c], home[c] = "blurry", t
+    pooled = np.concatenate(pool) if pool else np.array([], dtype=object)
+    pooled = pooled[rng.permutation(len(pooled))]
+    for t, chunk in enumerate(np.array_split(pooled, n_tasks)):
+        parts[t].append(chunk)
+    tasks = []
+    for t in range(n_tasks):
+        stream = np.concatenate(parts[t]) if parts[t] else np.array([], dtype=object)
+        tasks.append(list(stream[rng.permutation(len(stream))]))
+    return tasks, role, home
+
+
+def task_summary(tasks: list[list[str]], role: dict[str, str], home: dict[str, int]) -> list[str]:
+    """One line per task for the log: its size, its disjoint and home blurry classes, and its pooled share."""
+    lines = []
+    for t, files in enumerate(tasks):
+        counts: dict[str, int] = {}
+        for f in files:
+            counts[folder_of(f)] = counts.get(folder_of(f), 0) + 1
+        mine = sorted((c for c in counts if home.get(c) == t), key=str)
+        pooled = sum(n for c, n in counts.items() if home.get(c) != t)
+        lines.append(f"task {t}: {len(files)} samples; disjoint {[c for c in mine if role[c] == 'disjoint']}, "
+                     f"blurry home {[c for c in mine if role[c] == 'blurry']}; {pooled} pooled from other tasks' "
+                     f"blurry classes")
+    return lines
+
+
+def records(files: list[str], labels: dict[str, int]) -> list[Record]:
+    """Split-file records of ``files`` ("split/<class>/<file>"), labelled by ``labels``."""
+    return [{"file_name": f, "klass": klass_value(folder_of(f)), "label": labels[folder_of(f)]} for f in files]
+
+
+def read_clib_collection(folder: Path | str, dataset: str, n_tasks: int, spec: IBlurry,
+                         seed: int) -> tuple[list[list[Record]], list[Record]]:
+    """The CLIB code's split files of one seed: per task its training records, and the test records.
+    Records name their image by ``file_name`` or ``filepath``; ``label`` is never used (SPEC 12)."""
+    folder = Path(folder)
+    names = [clib_train_name(dataset, n_tasks, spec, seed, t) for t in range(n_tasks)] + [clib_test_name(dataset)]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise SplitError(f"--collections_dir {folder}: missing the CLIB split file(s) {missing[:3]}"
+                         f"{' ...' if len(missing) > 3 else ''} (expected {names[0]} ... and {names[-1]})")
+    loaded = [_clib_records(folder / n) for n in names]
+    return loaded[:-1], loaded[-1]
+
+
+def _clib_records(path: Path) -> list[Record]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SplitError(f"{path}: not a readable JSON split file ({e})") from e
+    if not isinstance(data, list):
+        raise SplitError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+    out = []
+    for i, rec in enumerate(data):
+        name = rec.get("file_name", rec.get("filepath")) if isinstance(rec, dict) else None
+        if not isinstance(name, str) or "klass" not in rec:
+            raise SplitError(f"{path}: record {i} needs file_name (or filepath) and klass ({str(rec)[:120]})")
+        out.append({"file_name": name, "klass": rec["klass"], "label": rec.get("label", -1)})
+    return out
