@@ -49,6 +49,22 @@ def f_last(cls_acc: Sequence[Sequence[float | None]], task_classes: Sequence[Seq
     return float(np.mean(drops)) if drops else 0.0
 
 
+def f_last_per_class(cls_acc: Sequence[Sequence[float | None]]) -> float:
+    """i-Blurry's F_last (SPEC section 12): the mean, over classes with a non-zero best accuracy in the
+    tasks before the last, of (that best accuracy - the class's accuracy after the last task); a class
+    not evaluated (None) in a task does not count there. 0.0 with fewer than two tasks or no such class."""
+    if len(cls_acc) < 2:
+        return 0.0
+    last = cls_acc[-1]
+    drops = []
+    for c, final in enumerate(last):
+        earlier = [row[c] for row in cls_acc[:-1] if c < len(row) and row[c] is not None]
+        if final is None or not earlier or max(earlier) <= 0:
+            continue
+        drops.append(max(earlier) - final)
+    return float(np.mean(drops)) if drops else 0.0
+
+
 def i_last(joint_acc: float | None, last_acc: float) -> float | None:
     """Intransigence: joint (upper-bound) accuracy minus the last accuracy; None without a joint accuracy."""
     return None if joint_acc is None else float(joint_acc - last_acc)
