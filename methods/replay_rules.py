@@ -1,0 +1,77 @@
+"""The loss and selection rules of the online replay methods (SPEC section 12), as pure functions:
+DER++'s loss, EWC++'s online Fisher, and MIR's retrieval by interference."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+DERPP_ALPHA = 0.2  # mammoth's DER++ on seq-cifar10 with a 500-sample buffer: logit matching ...
+DERPP_BETA = 0.5  # ... and replayed labels
+EWCPP_ALPHA = 0.5  # F <- (1 - alpha) F + alpha g^2 after every step
+
+
+def derpp_loss(logits: torch.Tensor, y: torch.Tensor, buf_logits: torch.Tensor, buf_targets: torch.Tensor,
+               buf_logits2: torch.Tensor, buf_y2: torch.Tensor, alpha: float = DERPP_ALPHA,
+               beta: float = DERPP_BETA) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DER++: CE on the stream + alpha * MSE between the model's logits on one memory draw and the logits
+    stored with it + beta * CE on a second, independent memory draw with its stored labels. The stored
+    logits may have fewer columns than the head has now: only those columns are matched."""
+    ce = F.cross_entropy(logits, y)
+    k = buf_targets.shape[1]
+    mse = F.mse_loss(buf_logits[:, :k], buf_targets)
+    ce_buf = F.cross_entropy(buf_logits2, buf_y2)
+    return ce + alpha * mse + beta * ce_buf, {"ce": ce, "mse": mse, "ce_buffer": ce_buf}
+
+
+@torch.no_grad()
+def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
+                 alpha: float = EWCPP_ALPHA) -> int:
+    """EWC++'s online Fisher after a step, in place: F <- (1 - alpha) F + alpha g^2 for every parameter
+    with a gradient (a new parameter starts at alpha g^2). Returns how many were updated. The CLIB code
+    reads the gradients after ``zero_grad()``: none are left, so its Fisher never updates."""
+    n = 0
+    for name, p in params.items():
+        if p.grad is None:
+            continue
+        g2 = p.grad.square()
+        if name in fisher and fisher[name].shape == g2.shape:
+            fisher[name].mul_(1 - alpha).add_(g2, alpha=alpha)
+        else:
+            fisher[name] = alpha * g2
+        n += 1
+    return n
+
+
+def mir_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand_x: torch.Tensor, cand_y: torch.Tensor,
+               lr: float, bn_drift: bool = True) -> torch.Tensor:
+    """MIR's interference of each candidate: its cross-entropy after a virtual SGD step (learning rate
+    ``lr``) on the stream batch (x, y), minus its cross-entropy now. The gradient is taken in train mode.
+    ``bn_drift`` (the CLIB code): the scoring runs in train mode too, so batch norm normalises with the
+    candidates' batch and its running statistics move at every pass; False: the running statistics are
+    left as they were and the candidates are scored in eval mode. The parameters are never changed."""
+    params = {n: p.detach().requires_grad_() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    step_buffers = buffers if bn_drift else {n: b.clone() for n, b in buffers.items()}
+    was_training = model.training
+
+    try:
+        model.train()  # the virtual step's gradient, as the real step computes it
+        loss = F.cross_entropy(functional_call(model, (params, step_buffers), (x,)), y)
+        g = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+        virtual = {n: (p - lr * g[n]).detach() for n, p in params.items()}
+        model.train(bn_drift)
+        with torch.no_grad():
+            now = F.cross_entropy(functional_call(model, (params, buffers), (cand_x,)), cand_y, reduction="none")
+            after = F.cross_entropy(functional_call(model, (virtual, buffers), (cand_x,)), cand_y, reduction="none")
+    finally:
+        model.train(was_training)
+    return after - now
+
+
+def mir_select(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` most interfered candidates (largest score first; ties: the earlier one)."""
+    k = min(k, len(scores))
+    order = torch.argsort(-scores, stable=True)
+    return order[:k]
