@@ -19,6 +19,7 @@ from methods import build_method, get_method_class, method_names
 from methods.trainer import DivergedError, Settings, Trainer
 from utils.data.decode import DataError
 from utils.data.run_data import RunData, load_splits, normalisation, resolve_device, to_device
+from utils.data.iblurry import load_or_make_iblurry, parse_iblurry, read_clib_collection, relabel
 from utils.data.splits import SplitError, load_or_make, read_collection, validate_against
 from utils.data.tasks import build_streams
 from utils.report import metrics
@@ -60,7 +61,15 @@ def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     train, test, info = load_splits(root, cfg.dataset, device, cfg.data_budget_gb, cfg.input_size, not cfg.no_cache,
                                     cfg.n_worker)
     n_classes = len(train.classes)
-    if cfg.collections_dir:
+    spec = parse_iblurry(cfg.exp_name)
+    if spec is not None:  # i-Blurry: CLIB-format split files, labels by order of appearance
+        folder = Path(cfg.collections_dir) if cfg.collections_dir else Path(cfg.out_dir) / "collections" / cfg.dataset
+        tr_tasks, te_tasks = (relabel(*read_clib_collection(folder, cfg.dataset, cfg.n_tasks, spec, cfg.rnd_seed))
+                              if cfg.collections_dir else
+                              load_or_make_iblurry(folder, cfg.dataset, spec, cfg.rnd_seed, cfg.n_tasks,
+                                                   train.class_files(), test.class_files()))
+        validate_against(tr_tasks, te_tasks, set(train.files) | set(test.files))
+    elif cfg.collections_dir:
         tr_tasks, te_tasks = read_collection(Path(cfg.collections_dir), cfg.dataset, cfg.exp_name, cfg.rnd_seed,
                                              cfg.n_cls_a_task, cfg.n_tasks)
         validate_against(tr_tasks, te_tasks, set(train.files) | set(test.files))
@@ -158,6 +167,10 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
               "backend": dist.info().backend or "none", "notes": dict(NOTES)}
     if decoded is not None:
         result["decoded_train_images_per_rank"] = decoded
+    if parse_iblurry(cfg.exp_name) is not None:
+        result["F_last"] = metrics.f_last_per_class(rec["cls_acc"])
+        result["notes"]["F_last"] = ("i-Blurry: the mean, over classes with a non-zero best accuracy before the last "
+                                     "task, of that best accuracy minus the class's accuracy after the last task")
     if cfg.eval_period:
         result["anytime"] = trainer.anytime
         result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])

@@ -7,6 +7,7 @@ import argparse
 from configuration.validate import (
     ConfigError,
     check_combinations,
+    check_sample_wise,
     check_lists,
     check_names,
     check_output,
@@ -20,6 +21,7 @@ from methods.optim import OPTIMIZERS, SCHEDULERS
 from models import MODELS
 from utils.data.augment import TRANSFORMS, UNCERTAINTY_METRICS
 from utils.data.datasets import DATASETS, PRESET_KEYS, preset_for
+from utils.data.iblurry import parse_iblurry
 from utils.data.splits import SplitError, parse_exp
 
 __all__ = ["ConfigError", "base_parser", "resolve"]
@@ -120,6 +122,12 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--resume", action="store_true",
       help="continue the run of this name (--run_name or the default) after its last finished task; "
            "does nothing when it already finished")
+    a("--online_iter", type=float, metavar="F",
+      help=range_help("online_iter", "i-Blurry protocol: training steps per stream sample (a fraction counts up: "
+                                     "0.25 = one step per 4 samples); default 1"))
+    a("--temp_batchsize", type=int, metavar="N",
+      help=range_help("temp_batchsize", "i-Blurry protocol: stream samples gathered before they train (with "
+                                        "memory samples up to --batchsize); default --batchsize // 2"))
     a("--dist_timeout", type=float, default=1800.0, metavar="S",
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "
@@ -141,17 +149,29 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     can be checked without the data (configuration.validate)."""
     check_names(args)
     try:
-        parse_exp(args.exp_name)
+        iblurry = parse_iblurry(args.exp_name)
+        if iblurry is None:
+            parse_exp(args.exp_name)
     except SplitError:
-        raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, or blurryM "
-                          f"for an integer 0<M<100 (no leading zero)") from None
+        raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, blurryM "
+                          f"for an integer 0<M<100 (no leading zero), or iblurryN_M (percentages 0-100)") from None
+    sample_wise = get_method_class(args.mode).sample_wise
+    if sample_wise:  # CLIB's online methods: Adam at 3e-4 (SPEC section 12) unless given
+        args.opt_name = args.opt_name or "adam"
+        args.lr = args.lr if args.lr is not None else 3e-4
     pre = preset_for(args.dataset, args.exp_name)
     for k in PRESET_KEYS:
         if getattr(args, k) is None:
             setattr(args, k, pre[k])
     fill_method_flags(args)
+    if iblurry is not None:
+        args.n_init_cls = 1  # the head starts with one output and grows per exposed class
+        args.eval_period = args.eval_period or 100  # anytime evaluation is the protocol
+    if sample_wise and args.temp_batchsize is None:
+        args.temp_batchsize = max(1, args.batchsize // 2)
     check_ranges(args)
     check_lists(args)
+    check_sample_wise(args, iblurry is not None, sample_wise)
     check_combinations(args, get_method_class(args.mode).stream_pass)
     check_output(args.out_dir)
     return args

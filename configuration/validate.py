@@ -53,6 +53,8 @@ RANGES: dict[str, Range] = {
     "input_size": Range(1, 4096, data="resnets: at least 8; mlp400: at most 10^8 input weights"),
     "data_budget_gb": Range(0, 1e6),
     "dist_timeout": Range(10, 7 * 24 * 3600),
+    "online_iter": Range(0, 1000, lo_open=True),
+    "temp_batchsize": Range(1, 65536, data="at most --batchsize"),
 }
 # flags that only some methods read: (the modes that use it, the default filled in when unset)
 METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
@@ -60,6 +62,7 @@ METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
     "rwalk_score": (("rwalk",), "public"),
     "feature_size": (("icarl",), 2048),
     "distilling": (("bic",), False),
+    "online_iter": (("er",), 1.0),
 }
 
 
@@ -99,6 +102,22 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
         raise ConfigError(f"--eval_period evaluates during the online stream pass, and {why}; drop --eval_period")
     if cfg.mode == "gdumb" and cfg.memory_size == 0:
         raise ConfigError("--mode gdumb trains on the memory only, so --memory_size 0 trains nothing; give a memory")
+
+
+def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool) -> None:
+    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample: online, and only with the methods
+    written for it so far; those methods run only in it."""
+    if iblurry and not sample_wise:
+        raise ConfigError(f"--exp_name {cfg.exp_name} runs the sample-wise i-Blurry protocol, which --mode {cfg.mode} "
+                          f"does not have yet; use --mode er, or a blurryM/disjoint split")
+    if sample_wise and not iblurry:
+        raise ConfigError(f"--mode {cfg.mode} runs in the i-Blurry protocol only: give --exp_name iblurryN_M "
+                          "(e.g. iblurry50_10)")
+    if iblurry and cfg.stream_env != "online":
+        raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
+    if sample_wise and cfg.temp_batchsize > cfg.batchsize:
+        raise ConfigError(f"--temp_batchsize {cfg.temp_batchsize} exceeds --batchsize {cfg.batchsize}: the stream "
+                          "samples of a step cannot be more than its batch")
 
 
 def check_world(cfg: argparse.Namespace, world: int) -> None:

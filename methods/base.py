@@ -34,6 +34,7 @@ class Method:
     exact_grey_fold = True  # False: the fold is not exact for this method (EWC/RWalk); --grey_fold all forces it
     single_task = False  # joint: every task merged into one
     stream_pass = True  # an online run trains on the stream once (gdumb and joint do not)
+    sample_wise = False  # True: the i-Blurry protocol's sample-by-sample training (trainer.run_sample_wise_task)
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
 
@@ -258,7 +259,8 @@ class Method:
         if state["optimizer"] is not None:
             self.build_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
 
     def extra_state(self) -> dict:
         """What a method keeps across tasks beyond the base state (tensors, numbers, lists, dicts)."""

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from methods.base import Method
 from methods.evaluation import evaluate
+from methods.online_protocol import StepCounter
 from methods.optim import warm_start_lr
 from utils.data.batches import aug_spans
 from utils.data.folder import read_ahead
@@ -58,11 +59,15 @@ class Settings:
     topk: int = 1
     eval_epochs: str = "all"  # "all" or "last_task"
     eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
+    online_iter: float = 1.0  # i-Blurry protocol: steps per stream sample
+    temp_batchsize: int = 0  # i-Blurry protocol: stream samples gathered before they train
 
     @classmethod
     def from_config(cls, cfg: argparse.Namespace) -> "Settings":
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
-                   eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0)
+                   eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0,
+                   online_iter=getattr(cfg, "online_iter", None) or 1.0,
+                   temp_batchsize=getattr(cfg, "temp_batchsize", None) or 0)
 
 
 def own_rows(sizes: list[int], device: torch.device) -> torch.Tensor:
@@ -89,6 +94,7 @@ class Trainer:
         self.task_id = 0
         self.test_idx = torch.empty(0, dtype=torch.long, device=data.train_labels.device)
         self.last_task = True
+        self.counter = StepCounter(settings.online_iter)  # i-Blurry protocol: steps earned by the samples
 
     # ----------------------------------------------------------------- tasks
     def eval_indices(self, t: int) -> torch.Tensor:
@@ -116,6 +122,8 @@ class Trainer:
         """before_task, the training calls with the memory update in its place, the evaluation,
         after_task; then the task's records."""
         m = self.method
+        if m.sample_wise:
+            return self.run_sample_wise_task(t)
         self.begin_task(t, self.tasks[t][0], self.eval_indices(t))
         res, updated = FitResult(best_acc=0.0), False
         for phase, n_epoch in m.training_calls(self.settings.online):
@@ -162,6 +170,83 @@ class Trainer:
                     self.writer.add_scalar(f"ClassAcc/class_{c}", a, t)
             log_task(self.writer, t, rec["cls_acc"], self.data.task_classes, self.data.train.images,
                      self.data.train_labels, m.memory.indices, self.data.n_classes)
+
+    # ----------------------------------------------------------------- the i-Blurry protocol
+    def run_sample_wise_task(self, t: int) -> FitResult:
+        """One task of the sample-wise protocol (SPEC section 12), in whole temporary batches: a class is
+        exposed (the head grows) at its first sample; every --eval_period samples the model is evaluated
+        on the exposed classes; a full temporary batch earns int(counter) steps (``online_iter`` per
+        sample), each on the temporary samples plus memory samples (``replay_batch``), then enters the
+        memory. Exposures and evaluations are handled at their exact positions, a few per batch."""
+        m, s = self.method, self.settings
+        stream = self.tasks[t][0]
+        self.begin_task(t, stream, self.eval_indices(t))
+        events = self.stream_events(stream)
+        imgs, labels = self.data.train.images, self.data.train_labels
+        total_loss = torch.zeros((), device=m.device)
+        correct = torch.zeros((), device=m.device, dtype=torch.long)
+        n_seen = n_steps = k = 0
+        t0, e0 = time.perf_counter(), self.eval_time
+        for start in range(0, len(stream), s.temp_batchsize):
+            end = min(start + s.temp_batchsize, len(stream))
+            temp = stream[start:end]
+            while k < len(events) and (events[k][0] < end - 1 or (events[k][0] == end - 1 and events[k][1] == "grow")):
+                self.stream_event(*events[k])
+                k += 1
+            m.model.train()
+            for _ in range(self.counter.add(end - start)):
+                batch = m.replay_batch(temp)
+                loss, logits, y = m.train_step(m.train_aug(imgs[batch]), labels[batch], batch, None)
+                total_loss += loss.detach()
+                correct += (logits.detach().argmax(1) == y).sum()
+                n_seen, n_steps = n_seen + len(batch), n_steps + 1
+            m.remember(temp, t)
+            while k < len(events) and events[k][0] < end:
+                self.stream_event(*events[k])
+                k += 1
+        self.stream_seen += len(stream)
+        self.samples["stream"] += n_seen
+        self.timers["stream_pass"] += time.perf_counter() - t0 - (self.eval_time - e0)
+        ev = self.evaluate(self.exposed_test())
+        loss = float(total_loss) / max(n_steps, 1)
+        if not math.isfinite(loss):
+            raise DivergedError(t, "stream", 0, loss)
+        rec = {"epoch": 0, "train_loss": loss, "train_acc": 100.0 * int(correct) / max(n_seen, 1),
+               "test_loss": ev["avg_loss"], "test_acc": ev["avg_acc"], "lr": m.optimizer.param_groups[0]["lr"]}
+        self.log_epoch("stream", rec)
+        res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=[rec])
+        m.after_task(t)
+        self.record(t, res)
+        return res
+
+    def stream_events(self, stream: torch.Tensor) -> list[tuple[int, str, int]]:
+        """(position, "grow", label) at the first sample of each class not exposed yet (labels are ranks
+        in the order of appearance) and (position, "eval", samples seen) every --eval_period samples."""
+        labels = self.data.train_labels[stream]
+        n, known = len(stream), len(self.method.exposed)
+        top = int(labels.max()) + 1 if n else 0
+        first = torch.full((max(top, 1),), n, dtype=torch.long, device=labels.device)
+        first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), reduce="amin")
+        events = [(int(p), "grow", c) for c, p in enumerate(first.tolist()) if c >= known and p < n]
+        period = self.settings.eval_period
+        if period > 0:
+            seen = self.stream_seen
+            events += [(q - seen - 1, "eval", q) for q in range((seen // period + 1) * period, seen + n + 1, period)]
+        return sorted(events, key=lambda e: (e[0], e[1] == "eval"))
+
+    def stream_event(self, pos: int, kind: str, value: int) -> None:
+        m = self.method
+        if kind == "grow":
+            m.expose(value + 1)
+            return
+        acc = self.evaluate(self.exposed_test())["avg_acc"]
+        self.anytime.append({"task": self.task_id, "samples": value, "acc": acc})
+        if self.writer is not None:
+            self.writer.add_scalar("Metrics/AnytimeAcc", acc, value)
+
+    def exposed_test(self) -> torch.Tensor:
+        """The test samples of the classes exposed so far (their labels are below the exposed count)."""
+        return self.test_idx[self.data.test_labels[self.test_idx] < len(self.method.exposed)]
 
     # ----------------------------------------------------------------- training calls
     def fit(self, phase: str, n_epoch: int) -> FitResult:
@@ -324,7 +409,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """The records and counters so far, as data."""
         return {"rec": dict(self.rec), "timers": dict(self.timers), "samples": dict(self.samples),
-                "eval_time": self.eval_time, "anytime": list(self.anytime), "stream_seen": self.stream_seen}
+                "eval_time": self.eval_time, "anytime": list(self.anytime), "stream_seen": self.stream_seen,
+                "counter": self.counter.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.rec = defaultdict(list, state["rec"])
@@ -333,3 +419,5 @@ class Trainer:
         self.eval_time = state["eval_time"]
         self.anytime = list(state["anytime"])
         self.stream_seen = state["stream_seen"]
+        if "counter" in state:
+            self.counter.load_state_dict(state["counter"])

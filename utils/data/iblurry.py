@@ -151,3 +151,57 @@ def _clib_records(path: Path) -> list[Record]:
             raise SplitError(f"{path}: record {i} needs file_name (or filepath) and klass ({str(rec)[:120]})")
         out.append({"file_name": name, "klass": rec["klass"], "label": rec.get("label", -1)})
     return out
+
+
+def exposure_labels(train_tasks: list[list[Record]]) -> dict[str, int]:
+    """Class folder -> its rank in the order of first appearance over the tasks' streams (SPEC: a
+    class's label); the split files' own ``label`` is never used."""
+    order: dict[str, int] = {}
+    for task in train_tasks:
+        for r in task:
+            order.setdefault(folder_of(r["file_name"]), len(order))
+    return order
+
+
+def relabel(train_tasks: list[list[Record]], test: list[Record]) -> tuple[list[list[Record]], list[list[Record]]]:
+    """Training records labelled by exposure rank, and per task the test records of the classes first
+    exposed in it (every test record whose class is ever exposed belongs to exactly one task)."""
+    labels = exposure_labels(train_tasks)
+    first: dict[str, int] = {}
+    for t, task in enumerate(train_tasks):
+        for r in task:
+            first.setdefault(folder_of(r["file_name"]), t)
+    train = [[{**r, "label": labels[folder_of(r["file_name"])]} for r in task] for task in train_tasks]
+    tests: list[list[Record]] = [[] for _ in train_tasks]
+    for r in test:
+        c = folder_of(r["file_name"])
+        if c in labels:
+            tests[first[c]].append({**r, "label": labels[c]})
+    return train, tests
+
+
+def load_or_make_iblurry(folder: Path | str, dataset: str, spec: IBlurry, seed: int, n_tasks: int,
+                         class_files: dict[str, list[str]],
+                         test_class_files: dict[str, list[str]]) -> tuple[list[list[Record]], list[list[Record]]]:
+    """The CLIB-format split files of this seed from ``folder``, made and written first when missing
+    (existing files are never rewritten); relabelled by exposure order (see ``relabel``)."""
+    from utils.data.splits import _write_json_atomic
+    folder = Path(folder)
+    names = [clib_train_name(dataset, n_tasks, spec, seed, t) for t in range(n_tasks)]
+    have = [(folder / n).is_file() for n in names]
+    if any(have) and not all(have):
+        raise SplitError(f"{folder}: incomplete i-Blurry split files for seed {seed} (missing "
+                         f"{[n for n, h in zip(names, have) if not h][:3]}); restore them or delete the others")
+    if not all(have):
+        tasks, _, _ = make_iblurry(class_files, n_tasks, spec, seed)
+        order: dict[str, int] = {}
+        for f in (f for task in tasks for f in task):
+            order.setdefault(folder_of(f), len(order))
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, files in zip(names, tasks):
+            _write_json_atomic(folder / name, records(files, order))
+    if not (folder / clib_test_name(dataset)).is_file():  # the official test set; its labels are never used
+        test_files = sorted(f for fs in test_class_files.values() for f in fs)
+        _write_json_atomic(folder / clib_test_name(dataset), records(test_files, {c: -1 for c in test_class_files}))
+    train, test = read_clib_collection(folder, dataset, n_tasks, spec, seed)
+    return relabel(train, test)
