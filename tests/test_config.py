@@ -31,7 +31,8 @@ def choices(flag: str) -> list:
 
 
 def test_every_choice_comes_from_its_registry():
-    assert choices("--mode") == method_names() == ["bic", "ewc", "finetune", "gdumb", "icarl", "joint", "rm", "rwalk"]
+    assert choices("--mode") == method_names() == ["bic", "er", "ewc", "finetune", "gdumb", "icarl", "joint", "rm",
+                                                   "rwalk"]
     assert choices("--mem_manage") == ["default", *sorted(MANAGERS)]
     assert sorted(MANAGERS) == ["class_balanced", "prototype", "random", "reservoir", "uncertainty"]
     assert choices("--model_name") == list(MODELS)
