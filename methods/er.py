@@ -32,7 +32,7 @@ class ER(Method):
         return max(self.cfg.memory_size - self.cfg.temp_batchsize, 0)
 
     def build_optimizer(self) -> None:
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0, fused=True)
         self.scheduler = None
 
     def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
