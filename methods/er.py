@@ -46,10 +46,8 @@ class ER(Method):
     def expose(self, n_classes: int) -> None:
         """Classes up to label ``n_classes - 1`` are exposed: grow the head (old rows kept, every bias
         re-initialised) and restart the optimizer at --lr."""
-        if not self.exposed:  # the first class uses the initial one-output head
-            self.model.fc = grow_head(self.model.fc, max(n_classes, 1))
-        elif n_classes > self.n_out:
-            self.model.fc = grow_head(self.model.fc, n_classes)
+        if n_classes > self.n_out or not self.exposed:  # the first class re-initialises the one-output head too
+            self.model.fc = grow_head(self.model.fc, max(n_classes, self.n_out))
         self.head = "linear"
         self.exposed |= set(range(n_classes))
         self.num_learning_class = len(self.exposed)

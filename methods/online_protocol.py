@@ -6,12 +6,19 @@ import torch
 from torch import nn
 
 
+def first_positions(stream_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[n_classes] position of each class's first sample in ``stream_labels``; len(stream_labels) for a
+    class that never appears."""
+    n = len(stream_labels)
+    first = torch.full((n_classes,), n, dtype=torch.long, device=stream_labels.device)
+    return first.scatter_reduce_(0, stream_labels, torch.arange(n, device=stream_labels.device), reduce="amin")
+
+
 def exposure_ranks(stream_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """[n_classes] rank of each class in the order of its first appearance in ``stream_labels`` (the
     label the protocol gives it); -1 for a class that never appears."""
     n = len(stream_labels)
-    first = torch.full((n_classes,), n, dtype=torch.long, device=stream_labels.device)
-    first.scatter_reduce_(0, stream_labels, torch.arange(n, device=stream_labels.device), reduce="amin")
+    first = first_positions(stream_labels, n_classes)
     order = torch.argsort(first, stable=True)
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(n_classes, device=order.device)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from methods.base import Method
 from methods.evaluation import evaluate
-from methods.online_protocol import StepCounter
+from methods.online_protocol import StepCounter, first_positions
 from methods.optim import warm_start_lr
 from utils.data.batches import aug_spans
 from utils.data.folder import read_ahead
@@ -224,9 +224,7 @@ class Trainer:
         in the order of appearance) and (position, "eval", samples seen) every --eval_period samples."""
         labels = self.data.train_labels[stream]
         n, known = len(stream), len(self.method.exposed)
-        top = int(labels.max()) + 1 if n else 0
-        first = torch.full((max(top, 1),), n, dtype=torch.long, device=labels.device)
-        first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), reduce="amin")
+        first = first_positions(labels, int(labels.max()) + 1 if n else 1)
         events = [(int(p), "grow", c) for c, p in enumerate(first.tolist()) if c >= known and p < n]
         period = self.settings.eval_period
         if period > 0:
@@ -239,10 +237,7 @@ class Trainer:
         if kind == "grow":
             m.expose(value + 1)
             return
-        acc = self.evaluate(self.exposed_test())["avg_acc"]
-        self.anytime.append({"task": self.task_id, "samples": value, "acc": acc})
-        if self.writer is not None:
-            self.writer.add_scalar("Metrics/AnytimeAcc", acc, value)
+        self.anytime_point(self.exposed_test(), value)
 
     def exposed_test(self) -> torch.Tensor:
         """The test samples of the classes exposed so far (their labels are below the exposed count)."""
@@ -379,14 +374,18 @@ class Trainer:
         def after_batch(k: int) -> None:
             before, seen = start + (cum[k - 1] if k else 0), start + cum[k]
             if seen // period > before // period:
-                acc = self.evaluate(test)["avg_acc"]
+                self.anytime_point(test, seen)
                 m.model.train()
-                self.anytime.append({"task": self.task_id, "samples": seen, "acc": acc})
-                if self.writer is not None:
-                    self.writer.add_scalar("Metrics/AnytimeAcc", acc, seen)
             if k == len(batches) - 1:
                 self.stream_seen = seen
         return after_batch
+
+    def anytime_point(self, test: torch.Tensor, seen: int) -> None:
+        """One point of the anytime curve: the accuracy on ``test`` after ``seen`` stream samples."""
+        acc = self.evaluate(test)["avg_acc"]
+        self.anytime.append({"task": self.task_id, "samples": seen, "acc": acc})
+        if self.writer is not None:
+            self.writer.add_scalar("Metrics/AnytimeAcc", acc, seen)
 
     # ----------------------------------------------------------------- logs
     def log_epoch(self, phase: str, rec: dict, when: str = "") -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data.splits import Record, SplitError, folder_of, klass_value
+from utils.data.splits import Record, SplitError, file_records, folder_of, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -118,11 +118,6 @@ def task_summary(tasks: list[list[str]], role: dict[str, str], home: dict[str, i
     return lines
 
 
-def records(files: list[str], labels: dict[str, int]) -> list[Record]:
-    """Split-file records of ``files`` ("split/<class>/<file>"), labelled by ``labels``."""
-    return [{"file_name": f, "klass": klass_value(folder_of(f)), "label": labels[folder_of(f)]} for f in files]
-
-
 def read_clib_collection(folder: Path | str, dataset: str, n_tasks: int, spec: IBlurry,
                          seed: int) -> tuple[list[list[Record]], list[Record]]:
     """The CLIB code's split files of one seed: per task its training records, and the test records.
@@ -185,7 +180,6 @@ def load_or_make_iblurry(folder: Path | str, dataset: str, spec: IBlurry, seed: 
                          test_class_files: dict[str, list[str]]) -> tuple[list[list[Record]], list[list[Record]]]:
     """The CLIB-format split files of this seed from ``folder``, made and written first when missing
     (existing files are never rewritten); relabelled by exposure order (see ``relabel``)."""
-    from utils.data.splits import _write_json_atomic
     folder = Path(folder)
     names = [clib_train_name(dataset, n_tasks, spec, seed, t) for t in range(n_tasks)]
     have = [(folder / n).is_file() for n in names]
@@ -199,9 +193,10 @@ def load_or_make_iblurry(folder: Path | str, dataset: str, spec: IBlurry, seed: 
             order.setdefault(folder_of(f), len(order))
         folder.mkdir(parents=True, exist_ok=True)
         for name, files in zip(names, tasks):
-            _write_json_atomic(folder / name, records(files, order))
+            write_json_atomic(folder / name, file_records(files, order))
     if not (folder / clib_test_name(dataset)).is_file():  # the official test set; its labels are never used
         test_files = sorted(f for fs in test_class_files.values() for f in fs)
-        _write_json_atomic(folder / clib_test_name(dataset), records(test_files, {c: -1 for c in test_class_files}))
+        write_json_atomic(folder / clib_test_name(dataset),
+                          file_records(test_files, {c: -1 for c in test_class_files}))
     train, test = read_clib_collection(folder, dataset, n_tasks, spec, seed)
     return relabel(train, test)

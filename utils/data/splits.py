@@ -76,7 +76,7 @@ def _class_order(rng: np.random.RandomState, classes: list[str],
     return list(class_order)
 
 
-def _records(files: Sequence[str], labels: dict[str, int]) -> list[Record]:
+def file_records(files: Sequence[str], labels: dict[str, int]) -> list[Record]:
     return [{"file_name": f, "klass": klass_value(folder_of(f)), "label": labels[folder_of(f)]}
             for f in files]
 
@@ -119,15 +119,15 @@ def make_splits(class_files: dict[str, list[str]], test_class_files: dict[str, l
     own = [np.array([f for c in cs for f in sorted(class_files[c])], dtype=object) for cs in owned]
     parts = [[files] for files in own] if m is None else _blurry_parts(rng, own, m)
     streams = [np.concatenate(p) for p in parts]
-    train = [_records(list(s[rng.permutation(len(s))]), labels) for s in streams]
-    test = [_records(sorted(f for c in cs for f in test_class_files.get(c, [])), labels)
+    train = [file_records(list(s[rng.permutation(len(s))]), labels) for s in streams]
+    test = [file_records(sorted(f for c in cs for f in test_class_files.get(c, [])), labels)
             for cs in owned]
     return train, test
 
 
 # ---------------------------------------------------------------- files
 
-def _write_json_atomic(path: Path, records: list[Record]) -> None:
+def write_json_atomic(path: Path, records: list[Record]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(json.dumps(records, separators=(",", ":")))
@@ -147,7 +147,7 @@ def write_collection(out_dir: Path | str, dataset: str, exp: str, seed: int, k: 
     for path, records in jobs:
         if skip_existing and path.exists():
             continue
-        _write_json_atomic(path, records)
+        write_json_atomic(path, records)
         written.append(path)
     return written
 
