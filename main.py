@@ -82,7 +82,7 @@ def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     check_against_data(cfg, n_classes, [len(t) for t in streams.train], train.images.shape[1], train.images.shape[-1])
     mean, std, stats = normalisation(cfg.dataset, train, root, cfg.input_size, not cfg.no_cache)
     data, tasks = to_device(train, test, streams, mean, std, f"{info}; mean/std {stats}", device)
-    if get_method_class(cfg.mode).single_task:
+    if get_method_class(cfg.mode, spec is not None).single_task:
         tasks = [(torch.cat([a for a, _ in tasks]), torch.cat([b for _, b in tasks]))]
     if cfg.joint_acc == "auto":
         found = find_joint_acc(Path(cfg.out_dir) / "results" / cfg.dataset, cfg.rnd_seed, cfg.model_name,
@@ -216,7 +216,7 @@ def start_log(cfg: argparse.Namespace, paths: RunPaths, device: torch.device, da
 def build_trainer(cfg: argparse.Namespace, data: RunData, tasks: Tasks, device: torch.device, writer,
                   state: dict | None) -> Trainer:
     """The method and its trainer, restored from a checkpoint ``state`` (with the RNG states)."""
-    method = build_method(cfg.mode, cfg, data, device, writer)
+    method = build_method(cfg.mode, cfg, data, device, writer, iblurry=parse_iblurry(cfg.exp_name) is not None)
     trainer = Trainer(method, data, tasks, Settings.from_config(cfg), writer)
     if state:
         method.load_state_dict(state["method"])

@@ -7,6 +7,7 @@ import argparse
 from configuration.validate import (
     ConfigError,
     check_combinations,
+    check_protocol,
     check_sample_wise,
     check_lists,
     check_names,
@@ -15,7 +16,7 @@ from configuration.validate import (
     fill_method_flags,
     range_help,
 )
-from methods import get_method_class
+from methods import get_method_class, method_names
 from methods.memory import MANAGERS
 from methods.optim import OPTIMIZERS, SCHEDULERS
 from models import MODELS
@@ -128,6 +129,12 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--temp_batchsize", type=int, metavar="N",
       help=range_help("temp_batchsize", "i-Blurry protocol: stream samples gathered before they train (with "
                                         "memory samples up to --batchsize); default --batchsize // 2"))
+    a("--as_intended", action="store_true", default=None,
+      help="i-Blurry protocol: run the method as its paper intends where the CLIB code has a defect (SPEC section "
+           "12): rm with its uncertainty memory (chosen at each task end from the memory and the task's stream) "
+           "and a kept head; ewc++ with a Fisher that updates; mir scored without batch-norm drift; clib with the "
+           "importance step H_B -= 0.1 (dL - mean H_B) / |B| and the head's lr kept at new classes. Default: as the "
+           "CLIB code runs it")
     a("--dist_timeout", type=float, default=1800.0, metavar="S",
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "
@@ -155,10 +162,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     except SplitError:
         raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, blurryM "
                           f"for an integer 0<M<100 (no leading zero), or iblurryN_M (percentages 0-100)") from None
-    sample_wise = get_method_class(args.mode).sample_wise
-    if sample_wise:  # CLIB's online methods: Adam at 3e-4 (SPEC section 12) unless given
-        args.opt_name = args.opt_name or "adam"
-        args.lr = args.lr if args.lr is not None else 3e-4
+    check_protocol(args.mode, iblurry is not None, method_names(iblurry is not None))
+    cls = get_method_class(args.mode, iblurry is not None)
+    sample_wise = cls.sample_wise
+    for k, v in getattr(cls, "protocol_defaults", {}).items():  # CLIB's optimisers (SPEC section 12) unless given
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     pre = preset_for(args.dataset, args.exp_name)
     for k in PRESET_KEYS:
         if getattr(args, k) is None:
@@ -168,10 +177,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.n_init_cls = 1  # the head starts with one output and grows per exposed class
         args.eval_period = args.eval_period or 100  # anytime evaluation is the protocol
     if sample_wise and args.temp_batchsize is None:
-        args.temp_batchsize = max(1, args.batchsize // 2)
+        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize)
     check_ranges(args)
     check_lists(args)
     check_sample_wise(args, iblurry is not None, sample_wise)
-    check_combinations(args, get_method_class(args.mode).stream_pass)
+    check_combinations(args, cls.stream_pass)
     check_output(args.out_dir)
     return args

@@ -58,11 +58,12 @@ RANGES: dict[str, Range] = {
 }
 # flags that only some methods read: (the modes that use it, the default filled in when unset)
 METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
-    "reg_coef": (("ewc", "rwalk"), 100),
+    "reg_coef": (("ewc", "rwalk", "ewc++"), 100),
     "rwalk_score": (("rwalk",), "public"),
     "feature_size": (("icarl",), 2048),
     "distilling": (("bic",), False),
-    "online_iter": (("er",), 1.0),
+    "online_iter": (("er", "ewc++", "mir", "der++", "clib", "bic"), 1.0),
+    "as_intended": (("rm", "ewc++", "mir", "clib"), False),
 }
 
 
@@ -100,19 +101,27 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
     if cfg.eval_period and (cfg.stream_env != "online" or not stream_pass):
         why = "offline runs have none" if cfg.stream_env != "online" else f"--mode {cfg.mode} trains on none"
         raise ConfigError(f"--eval_period evaluates during the online stream pass, and {why}; drop --eval_period")
-    if cfg.mode == "gdumb" and cfg.memory_size == 0:
-        raise ConfigError("--mode gdumb trains on the memory only, so --memory_size 0 trains nothing; give a memory")
+    if cfg.mode in ("gdumb", "clib") and cfg.memory_size == 0:
+        raise ConfigError(f"--mode {cfg.mode} trains on the memory only, so --memory_size 0 trains nothing; give a "
+                          "memory")
+
+
+def check_protocol(mode: str, iblurry: bool, modes: list[str]) -> None:
+    """--mode must be a method of the protocol --exp_name picks (``modes``: that protocol's methods)."""
+    if mode in modes:
+        return
+    if iblurry:
+        raise ConfigError(f"--mode {mode} does not run in the sample-wise i-Blurry protocol (--exp_name iblurryN_M); "
+                          f"its methods: {', '.join(modes)}; or use a blurryM/disjoint split")
+    raise ConfigError(f"--mode {mode} runs in the i-Blurry protocol only: give --exp_name iblurryN_M "
+                      "(e.g. iblurry50_10)")
 
 
 def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool) -> None:
-    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample: online, and only with the methods
-    written for it so far; those methods run only in it."""
-    if iblurry and not sample_wise:
-        raise ConfigError(f"--exp_name {cfg.exp_name} runs the sample-wise i-Blurry protocol, which --mode {cfg.mode} "
-                          f"does not have yet; use --mode er, or a blurryM/disjoint split")
-    if sample_wise and not iblurry:
-        raise ConfigError(f"--mode {cfg.mode} runs in the i-Blurry protocol only: give --exp_name iblurryN_M "
-                          "(e.g. iblurry50_10)")
+    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample and online; --as_intended belongs to it."""
+    if cfg.as_intended and not iblurry:
+        raise ConfigError("--as_intended changes methods of the i-Blurry protocol only (--exp_name iblurryN_M); "
+                          "drop it for blurry/disjoint runs")
     if iblurry and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
     if sample_wise and cfg.temp_batchsize > cfg.batchsize:

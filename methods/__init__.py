@@ -1,18 +1,20 @@
-"""Method registry: ``@register("rm")`` on a class; ``build_method(name, ...)`` builds it."""
+"""Method registry: ``@register("rm")`` on a class (``@register("rm", iblurry=True)`` for its i-Blurry
+protocol version); ``build_method(name, ..., iblurry=...)`` builds it."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
 from pathlib import Path
 
-REGISTRY: dict[str, type] = {}
+REGISTRY: dict[str, type] = {}  # the blurry/disjoint protocol (the CVPR'21 code)
+IBLURRY: dict[str, type] = {}  # the sample-wise i-Blurry protocol (the CLIB code)
 _NOT_METHODS = {"base", "distill", "evaluation", "memory", "optim", "regularization", "trainer"}  # hold no method
 
 
-def register(name: str):
-    """Class decorator adding a method to the registry under ``name``."""
+def register(name: str, iblurry: bool = False):
+    """Class decorator adding a method to the registry of its protocol under ``name``."""
     def deco(cls):
-        REGISTRY[name] = cls
+        (IBLURRY if iblurry else REGISTRY)[name] = cls
         cls.name = name
         return cls
     return deco
@@ -25,18 +27,23 @@ def _load_all() -> None:
             importlib.import_module(f"methods.{info.name}")
 
 
-def method_names() -> list[str]:
+def method_names(iblurry: bool | None = None) -> list[str]:
+    """The methods of one protocol (``iblurry`` True/False), or of either (None)."""
     _load_all()
-    return sorted(REGISTRY)
+    if iblurry is None:
+        return sorted(set(REGISTRY) | set(IBLURRY))
+    return sorted(IBLURRY if iblurry else REGISTRY)
 
 
-def get_method_class(name: str) -> type:
-    """The class registered under ``name``; unknown names list the valid ones."""
+def get_method_class(name: str, iblurry: bool = False) -> type:
+    """The class registered under ``name`` for the protocol; unknown names list the valid ones."""
     _load_all()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown mode '{name}'; valid: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    reg = IBLURRY if iblurry else REGISTRY
+    if name not in reg:
+        raise ValueError(f"unknown mode '{name}' in the {'i-Blurry' if iblurry else 'blurry/disjoint'} protocol; "
+                         f"valid: {', '.join(sorted(reg))}")
+    return reg[name]
 
 
-def build_method(name: str, *args, **kwargs):
-    return get_method_class(name)(*args, **kwargs)
+def build_method(name: str, *args, iblurry: bool = False, **kwargs):
+    return get_method_class(name, iblurry)(*args, **kwargs)

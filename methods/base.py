@@ -37,6 +37,7 @@ class Method:
     sample_wise = False  # True: the i-Blurry protocol's sample-by-sample training (trainer.run_sample_wise_task)
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
+    grad_clip: float | None = None  # a gradient-norm limit for train_step (the CLIB code's rm on its memory)
 
     def __init__(self, cfg, data: RunData, device: torch.device, writer=None) -> None:
         self.cfg = cfg
@@ -161,6 +162,8 @@ class Method:
         if extra_loss is not None:
             loss = loss + extra_loss
         loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss, logits, y
 

@@ -1,4 +1,10 @@
-"""ER (the CLIB code's er): reservoir replay, trained sample by sample in the i-Blurry protocol."""
+"""ER (the CLIB code's er): reservoir replay, trained sample by sample in the i-Blurry protocol; the base of
+every method of that protocol, as in the CLIB code.
+
+The trainer (``Trainer.run_sample_wise_task``) calls, per temporary batch ``temp``: ``expose`` at each new
+class, ``remember(temp)`` (first when ``remember_first``), ``steps_due`` steps of ``replay_batch`` ->
+``train_step``, ``remember(temp)``; at the task end ``after_stream``, the ``training_calls`` (none here),
+the evaluation (``before_eval`` first) and ``after_task``."""
 from __future__ import annotations
 
 import logging
@@ -7,13 +13,13 @@ import torch
 
 from methods import register
 from methods.base import Method
-from methods.online_protocol import grow_head
+from methods.online_protocol import StepCounter, grow_head
 
 logger = logging.getLogger("rm")
 LR_DECAY = 0.9999  # per training step; the learning rate restarts at --lr at every new class
 
 
-@register("er")
+@register("er", iblurry=True)
 class ER(Method):
     """Each step trains on the temporary batch plus up to --batchsize minus its size memory samples
     (uniform, without replacement); the temporary samples then enter a reservoir memory of --memory_size
@@ -22,6 +28,13 @@ class ER(Method):
 
     default_memory = "reservoir"
     sample_wise = True
+    remember_first = False  # True: the temporary samples enter the memory before their steps (CLIB)
+    protocol_defaults = {"opt_name": "adam", "lr": 3e-4}  # the CLIB scripts' optimiser, unless given
+
+    @staticmethod
+    def default_temp_batchsize(batchsize: int) -> int:
+        """--temp_batchsize when not given: half the batch (the CLIB code)."""
+        return max(1, batchsize // 2)
 
     def __init__(self, cfg, data, device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
@@ -71,3 +84,19 @@ class ER(Method):
     def remember(self, temp: torch.Tensor, task_id: int) -> None:
         """The temporary samples enter the reservoir."""
         self.memory.update(temp, task_id, self.n_out)
+
+    def chunk_ends(self, n: int, temp_batchsize: int) -> list[int]:
+        """Ends of the trainer's chunks of this task's ``n`` stream samples: every --temp_batchsize samples
+        (BiC ends a chunk where its temporary batch fills, its held-out samples skipped)."""
+        return list(range(temp_batchsize, n, temp_batchsize)) + [n] if n else []
+
+    def steps_due(self, counter: StepCounter, n_samples: int) -> int:
+        """Training steps the ``n_samples`` of a full temporary batch earn: ``online_iter`` each."""
+        return counter.add(n_samples)
+
+    def training_calls(self, online: bool) -> list[tuple[str, int]]:
+        """Training calls at the task end, after the stream (none: everything trains in the stream)."""
+        return []
+
+    def after_stream(self, task_id: int) -> None:
+        """After the task's stream, before its training calls and its evaluation."""

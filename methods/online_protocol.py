@@ -57,3 +57,11 @@ class StepCounter:
 
     def load_state_dict(self, state: dict) -> None:
         self.online_iter, self.counter = float(state["online_iter"]), float(state["counter"])
+
+
+def trainable(batches: list[torch.Tensor], model: nn.Module) -> list[torch.Tensor]:
+    """``batches`` less a batch of one sample when ``model`` has a BatchNorm1d, which cannot train on one
+    (mlp400; the CLIB code's memory epochs would stop with an error there)."""
+    if not any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        return batches
+    return [b for b in batches if len(b) > 1]

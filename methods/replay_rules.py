@@ -14,13 +14,19 @@ EWCPP_ALPHA = 0.5  # F <- (1 - alpha) F + alpha g^2 after every step
 
 def derpp_loss(logits: torch.Tensor, y: torch.Tensor, buf_logits: torch.Tensor, buf_targets: torch.Tensor,
                buf_logits2: torch.Tensor, buf_y2: torch.Tensor, alpha: float = DERPP_ALPHA,
-               beta: float = DERPP_BETA) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               beta: float = DERPP_BETA,
+               width: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DER++: CE on the stream + alpha * MSE between the model's logits on one memory draw and the logits
     stored with it + beta * CE on a second, independent memory draw with its stored labels. The stored
-    logits may have fewer columns than the head has now: only those columns are matched."""
+    logits may have fewer columns than the head has now: only those columns are matched; ``width`` (per
+    row) says how many of a row's stored columns are real (the head's size when it was stored)."""
     ce = F.cross_entropy(logits, y)
     k = buf_targets.shape[1]
-    mse = F.mse_loss(buf_logits[:, :k], buf_targets)
+    if width is None:
+        mse = F.mse_loss(buf_logits[:, :k], buf_targets)
+    else:
+        mask = (torch.arange(k, device=width.device) < width[:, None]).to(buf_targets.dtype)
+        mse = ((buf_logits[:, :k] - buf_targets).square() * mask).sum() / mask.sum().clamp(min=1)
     ce_buf = F.cross_entropy(buf_logits2, buf_y2)
     return ce + alpha * mse + beta * ce_buf, {"ce": ce, "mse": mse, "ce_buffer": ce_buf}
 
@@ -29,17 +35,19 @@ def derpp_loss(logits: torch.Tensor, y: torch.Tensor, buf_logits: torch.Tensor, 
 def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
                  alpha: float = EWCPP_ALPHA) -> int:
     """EWC++'s online Fisher after a step, in place: F <- (1 - alpha) F + alpha g^2 for every parameter
-    with a gradient (a new parameter starts at alpha g^2). Returns how many were updated. The CLIB code
-    reads the gradients after ``zero_grad()``: none are left, so its Fisher never updates."""
+    with a gradient; a parameter without a Fisher yet takes g^2 (the CLIB code's first update, which it
+    detects as a Fisher still all zero). Returns how many were updated. The CLIB code reads the gradients after ``zero_grad()``: none
+    are left, so its Fisher never updates."""
     n = 0
     for name, p in params.items():
         if p.grad is None:
             continue
         g2 = p.grad.square()
-        if name in fisher and fisher[name].shape == g2.shape:
-            fisher[name].mul_(1 - alpha).add_(g2, alpha=alpha)
+        f = fisher.get(name)
+        if f is None or f.shape != g2.shape:
+            fisher[name] = g2
         else:
-            fisher[name] = alpha * g2
+            f.mul_(1 - alpha).add_(g2, alpha=alpha)
         n += 1
     return n
 
@@ -49,8 +57,10 @@ def mir_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand_x: torch
     """MIR's interference of each candidate: its cross-entropy after a virtual SGD step (learning rate
     ``lr``) on the stream batch (x, y), minus its cross-entropy now. The gradient is taken in train mode.
     ``bn_drift`` (the CLIB code): the scoring runs in train mode too, so batch norm normalises with the
-    candidates' batch and its running statistics move at every pass; False: the running statistics are
-    left as they were and the candidates are scored in eval mode. The parameters are never changed."""
+    candidates' batch, and the running statistics move with the virtual step's forward pass and the
+    current model's pass over the candidates (the virtually stepped model is a copy: its pass moves a copy);
+    False: the running statistics are left as they were and the candidates are scored in eval mode. The
+    parameters are never changed."""
     params = {n: p.detach().requires_grad_() for n, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
     step_buffers = buffers if bn_drift else {n: b.clone() for n, b in buffers.items()}
@@ -64,7 +74,8 @@ def mir_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand_x: torch
         model.train(bn_drift)
         with torch.no_grad():
             now = F.cross_entropy(functional_call(model, (params, buffers), (cand_x,)), cand_y, reduction="none")
-            after = F.cross_entropy(functional_call(model, (virtual, buffers), (cand_x,)), cand_y, reduction="none")
+            copies = {n: b.clone() for n, b in buffers.items()} if bn_drift else buffers
+            after = F.cross_entropy(functional_call(model, (virtual, copies), (cand_x,)), cand_y, reduction="none")
     finally:
         model.train(was_training)
     return after - now

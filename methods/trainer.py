@@ -185,36 +185,45 @@ class Trainer:
         imgs, labels = self.data.train.images, self.data.train_labels
         total_loss = torch.zeros((), device=m.device)
         correct = torch.zeros((), device=m.device, dtype=torch.long)
-        n_seen = n_steps = k = 0
+        n_seen = n_acc = n_steps = k = 0  # samples drawn; samples of the returned logits (train_acc); steps
         t0, e0 = time.perf_counter(), self.eval_time
-        for start in range(0, len(stream), s.temp_batchsize):
-            end = min(start + s.temp_batchsize, len(stream))
+        start = 0
+        for end in m.chunk_ends(len(stream), s.temp_batchsize):
             temp = stream[start:end]
             while k < len(events) and (events[k][0] < end - 1 or (events[k][0] == end - 1 and events[k][1] == "grow")):
                 self.stream_event(*events[k])
                 k += 1
+            if m.remember_first:  # CLIB: a sample enters the memory before the steps it earns
+                m.remember(temp, t)
             m.model.train()
-            for _ in range(self.counter.add(end - start)):
+            for _ in range(m.steps_due(self.counter, end - start)):
                 batch = m.replay_batch(temp)
                 loss, logits, y = m.train_step(m.train_aug(imgs[batch]), labels[batch], batch, None)
                 total_loss += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
-                n_seen, n_steps = n_seen + len(batch), n_steps + 1
-            m.remember(temp, t)
+                n_seen, n_acc, n_steps = n_seen + len(batch), n_acc + len(y), n_steps + 1
+            if not m.remember_first:
+                m.remember(temp, t)
             while k < len(events) and events[k][0] < end:
                 self.stream_event(*events[k])
                 k += 1
+            start = end
         self.stream_seen += len(stream)
         self.samples["stream"] += n_seen
         self.timers["stream_pass"] += time.perf_counter() - t0 - (self.eval_time - e0)
-        ev = self.evaluate(self.exposed_test())
         loss = float(total_loss) / max(n_steps, 1)
         if not math.isfinite(loss):
             raise DivergedError(t, "stream", 0, loss)
-        rec = {"epoch": 0, "train_loss": loss, "train_acc": 100.0 * int(correct) / max(n_seen, 1),
-               "test_loss": ev["avg_loss"], "test_acc": ev["avg_acc"], "lr": m.optimizer.param_groups[0]["lr"]}
+        rec = {"epoch": 0, "train_loss": loss, "train_acc": 100.0 * int(correct) / max(n_acc, 1),
+               "test_loss": None, "test_acc": None, "lr": m.optimizer.param_groups[0]["lr"]}
+        epochs = [rec]
         self.log_epoch("stream", rec)
-        res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=[rec])
+        m.after_stream(t)
+        for phase, n_epoch in m.training_calls(True):  # RM: epochs on the memory at the task end
+            epochs += self.timed(PHASE_TIMER[phase], self.fit, phase, n_epoch).epochs
+        ev = self.evaluate(self.exposed_test())
+        epochs[-1].update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
+        res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=epochs)
         m.after_task(t)
         self.record(t, res)
         return res
@@ -350,6 +359,8 @@ class Trainer:
         t0 = time.perf_counter()
         m.model.eval()
         m.before_eval()
+        if m.sample_wise:  # GDumb's training on the memory, BiC's bias layer: part of the evaluation's time
+            self.timers["eval_training"] += time.perf_counter() - t0
         out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels,
                        dist.shard(test_idx), self.data.n_classes, self.settings.topk,
                        reduce=dist.all_sum if dist.info().active else None, n_total=len(test_idx))

@@ -22,6 +22,11 @@ def test_derpp_loss_terms_by_hand():
     assert parts["ce"].item() == pytest.approx(ce) and parts["mse"].item() == pytest.approx(2.0)
     assert parts["ce_buffer"].item() == pytest.approx(ce)
     assert total.item() == pytest.approx(1.5 * ce + 0.4)
+    # rows stored at different head sizes: row 0 matched on 1 column ((1-1)^2), row 1 on 2 ((0-3)^2 + (2-0)^2)
+    _, parts = derpp_loss(torch.tensor([[0.0, math.log(3)]]), torch.tensor([1]),
+                          torch.tensor([[1.0, 7.0, 5.0], [0.0, 2.0, 9.0]]), torch.tensor([[1.0, 0.0], [3.0, 0.0]]),
+                          torch.tensor([[math.log(3), 0.0]]), torch.tensor([0]), width=torch.tensor([1, 2]))
+    assert parts["mse"].item() == pytest.approx((0.0 + 9.0 + 4.0) / 3)
 
 
 def test_ewcpp_online_fisher_by_hand():
@@ -30,12 +35,13 @@ def test_ewcpp_online_fisher_by_hand():
     fisher: dict[str, torch.Tensor] = {}
     w.grad = torch.tensor([2.0, 1.0])
     assert ewcpp_update(fisher, {"w": w, "b": b}) == 1  # b has no gradient
-    assert fisher["w"].tolist() == [2.0, 0.5]  # 0.5 * g^2
+    assert fisher["w"].tolist() == [4.0, 1.0]  # the first update: g^2
     w.grad = torch.tensor([0.0, 3.0])
     ewcpp_update(fisher, {"w": w, "b": b})
-    assert fisher["w"].tolist() == [1.0, 0.5 * 0.5 + 0.5 * 9.0]
+    assert fisher["w"].tolist() == [0.5 * 4.0, 0.5 * 1.0 + 0.5 * 9.0]
     w.grad = None  # the CLIB code reads the gradients after zero_grad(): nothing changes
-    assert ewcpp_update(fisher, {"w": w, "b": b}) == 0 and fisher["w"].tolist() == [1.0, 4.75]
+    assert ewcpp_update(fisher, {"w": w, "b": b}) == 0 and fisher["w"].tolist() == [2.0, 5.0]
+
 
 
 def test_mir_scores_and_selection_by_hand():
@@ -72,4 +78,8 @@ def test_mir_batch_norm_drift_only_in_the_public_mode():
     mir_scores(model, x, y, cx, cy, 0.1, bn_drift=False)
     assert torch.equal(model[1].running_mean, before)
     mir_scores(model, x, y, cx, cy, 0.1, bn_drift=True)
-    assert not torch.equal(model[1].running_mean, before)  # the CLIB code's drift
+    # the CLIB code's drift: momentum 0.1, once with the stream batch, once with the candidates (the
+    # virtually stepped model is a deep copy, so its pass moves a copy)
+    with torch.no_grad():
+        expect = 0.9 * (0.9 * before + 0.1 * model[0](x).mean(0)) + 0.1 * model[0](cx).mean(0)
+    assert torch.allclose(model[1].running_mean, expect, atol=1e-6)

@@ -66,7 +66,7 @@ def test_output_folders_that_cannot_be_written(mnist_dir, tmp_path, capsys):
 def test_flags_the_mode_does_not_read_are_named_in_the_log(mnist_dir, tmp_path):
     assert run(mnist_dir, tmp_path, "--mode", "finetune", "--reg_coef", "5", "--distilling", "--run_name", "r") == 0
     log = (tmp_path / "logs" / "mnist" / "r.log").read_text()
-    assert "[WARNING] --reg_coef is read by --mode ewc / rwalk only; ignored by --mode finetune" in log
+    assert "[WARNING] --reg_coef is read by --mode ewc / rwalk / ewc++ only; ignored by --mode finetune" in log
     assert "[WARNING] --distilling is read by --mode bic only; ignored by --mode finetune" in log
     cfg = json.loads((tmp_path / "results" / "mnist" / "r.json").read_text())["config"]
     assert cfg["reg_coef"] == 5.0 and cfg["distilling"] is True  # recorded as given

@@ -1,5 +1,5 @@
-"""PNG figures of summarised runs: accuracy after each task (mean and band over seeds), the
-per-task accuracy and forgetting matrices, and the class histogram of the final memory."""
+"""PNG figures of summarised runs: accuracy after each task and anytime accuracy (mean and band over seeds),
+the per-task accuracy and forgetting matrices, and the class histogram of the final memory."""
 from __future__ import annotations
 
 import re
@@ -74,6 +74,39 @@ def plot_accuracy(groups: dict[str, list[dict]], title: str, path: Path) -> Path
     return path
 
 
+def anytime_stats(results: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples seen, mean and sample std over seeds of the anytime accuracy (cut to the shortest curve)."""
+    curves = [r["anytime"] for r in results]
+    n = min(len(c) for c in curves)
+    x = np.array([p["samples"] for p in curves[0][:n]], dtype=float)
+    a = np.array([[p["acc"] for p in c[:n]] for c in curves], dtype=float)
+    return x, a.mean(0), (a.std(0, ddof=1) if len(a) > 1 else np.zeros(n))
+
+
+def plot_anytime(groups: dict[str, list[dict]], title: str, path: Path) -> Path:
+    """One line per group: the anytime accuracy against the stream samples seen, mean over seeds, +- 1 std
+    band, with the group's A_auc in its label."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(12, 4.5 + 0.12 * len(groups)))
+    colors = plt.get_cmap("tab20").colors
+    for k, (label, results) in enumerate(groups.items()):
+        x, m, s = anytime_stats(results)
+        color = colors[k % len(colors)]
+        auc = np.mean([r.get("A_auc", np.nan) for r in results])
+        ax.plot(x, m, color=color, linestyle=["-", "--", ":"][k // len(colors) % 3], linewidth=1.2,
+                label=f"{label} (A_auc {auc:.2f}, n={len(results)})")
+        ax.fill_between(x, m - s, m + s, color=color, alpha=0.15)
+    ax.set_xlabel("stream samples seen")
+    ax.set_ylabel("accuracy on the exposed classes (%)")
+    ax.set_title(f"anytime accuracy: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _heat(ax, m: np.ndarray, title: str, cmap: str, vmin: float, vmax: float) -> None:
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
     dark_low = cmap == "viridis"  # viridis is dark at low values, magma_r at high ones
@@ -122,6 +155,9 @@ def write_plots(cells: dict[tuple[str, str], list], cols: list[str], out_dir: Pa
         groups = {row: [r.result for r in runs] for (row, c), runs in sorted(cells.items()) if c == col and runs}
         if groups:
             paths.append(plot_accuracy(groups, col, out_dir / f"accuracy_{slug(col)}.png"))
+        anytime = {row: res for row, res in groups.items() if all(r.get("anytime") for r in res)}
+        if anytime:
+            paths.append(plot_anytime(anytime, col, out_dir / f"anytime_{slug(col)}.png"))
     for (row, col), runs in sorted(cells.items()):
         res = [r.result for r in runs if r.result.get("cls_acc") and r.result.get("task_classes")]
         if res:

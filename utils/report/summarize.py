@@ -1,7 +1,7 @@
 """Summarise finished runs across seeds into the paper's kind of table (markdown, csv or latex).
 
   python -m utils.report.summarize results/mnist [more folders or files] [--format markdown|csv|latex]
-      [--metrics A_last A_avg F_last I_last A_last_final] [--times] [--out FILE] [--plots DIR]
+      [--metrics A_last A_avg F_last I_last A_last_final A_auc] [--times] [--out FILE] [--plots DIR]
 
 Runs that differ only in their seed are one group: one row per method (+ memory manager,
 transforms, and any other setting that differs between the runs), one column per dataset /
@@ -235,16 +235,25 @@ def report(s: Summary, metrics: list[str], fmt: str = "markdown", times: bool = 
     return "\n".join(parts)
 
 
+def default_metrics(s: Summary) -> list[str]:
+    """A_last; A_last, A_auc and F_last when some run has an anytime curve."""
+    anytime = any(r.result.get("anytime") for runs in s.cells.values() for r in runs)
+    return ["A_last", "A_auc", "F_last"] if anytime else ["A_last"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, help="results folders (e.g. results/mnist) or result files")
     p.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
-    p.add_argument("--metrics", nargs="+", default=["A_last"], choices=METRICS)
+    p.add_argument("--metrics", nargs="+", choices=METRICS,
+                   help="default: A_last; with runs that have an anytime curve (i-Blurry, --eval_period) also A_auc "
+                        "and F_last")
     p.add_argument("--times", action="store_true", help="also the wall time per group and its dominant phase")
     p.add_argument("--out", type=Path, help="write the summary to FILE as well")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="write PNG figures to DIR: accuracy after each task per group (mean, +- std band), the "
-                        "accuracy and forgetting matrices and the final memory's class histogram per group")
+                        "anytime accuracy against the samples seen (runs with a curve), the accuracy and "
+                        "forgetting matrices and the final memory's class histogram per group")
     a = p.parse_args(argv)
     missing = [str(x) for x in a.paths if not x.exists()]
     if missing:
@@ -253,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = summarize_runs(a.paths)
     if not s.cells:
-        print(report(s, a.metrics, a.format), end="")
+        print(report(s, a.metrics or ["A_last"], a.format), end="")
         print("error: no finished run found in " + ", ".join(str(x) for x in a.paths), file=sys.stderr)
         return 1
-    text = report(s, a.metrics, a.format, a.times)
+    metrics = a.metrics or default_metrics(s)
+    text = report(s, metrics, a.format, a.times)
     print(text, end="")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 def default_run_name(cfg) -> str:
     """The public code's name plus the split, so blurry and disjoint runs do not collide."""
     tr = "".join(f"_{t}" for t in cfg.transforms)
-    return f"{cfg.exp_name}_{cfg.mode}_{cfg.mem_manage}_{cfg.stream_env}_msz{cfg.memory_size}_rnd{cfg.rnd_seed}{tr}"
+    mode = f"{cfg.mode}-intended" if getattr(cfg, "as_intended", False) else cfg.mode
+    return f"{cfg.exp_name}_{mode}_{cfg.mem_manage}_{cfg.stream_env}_msz{cfg.memory_size}_rnd{cfg.rnd_seed}{tr}"
 
 
 def reserve_run(out_dir: Path, dataset: str, base: str) -> tuple[str, Path]:

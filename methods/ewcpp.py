@@ -1,0 +1,54 @@
+"""EWC++ (the CLIB code's ewc++): ER plus an online-Fisher penalty on every parameter but the head's."""
+from __future__ import annotations
+
+import torch
+
+from methods import register
+from methods.er import ER
+from methods.replay_rules import ewcpp_update
+
+
+@register("ewc++", iblurry=True)
+class EWCpp(ER):
+    """ER + --reg_coef * sum F (theta - theta*)^2 over the parameters outside the head. After each step
+    F <- 0.5 F + 0.5 g^2 (the first step: g^2); at each task end F and theta* fill the one slot. The CLIB
+    code reads the gradients after ``zero_grad()``, so its F stays zero, its penalty is exactly zero and
+    ewc++ trains as er does, bit for bit (the default: the zero penalty is not computed); --as_intended
+    reads them after the backward pass, so F updates and the penalty acts."""
+
+    def __init__(self, cfg, data, device, writer=None) -> None:
+        super().__init__(cfg, data, device, writer)
+        self.fisher: dict[str, torch.Tensor] = {}  # F of every body parameter with a gradient so far
+        self.anchor: dict[str, torch.Tensor] = {}  # theta* at the last task end
+        self.importance: dict[str, torch.Tensor] = {}  # F at the last task end
+
+    def body_params(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if not n.startswith("fc.") and p.requires_grad}
+
+    def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if not self.importance:
+            return None
+        params = self.body_params()
+        return self.cfg.reg_coef * sum((f * (params[n] - self.anchor[n]).square()).sum()
+                                       for n, f in self.importance.items())
+
+    def train_step(self, x, y, idx=None, extra=None):
+        out = super().train_step(x, y, idx, extra)
+        if self.cfg.as_intended:  # the gradients of this step, still there after optimizer.step()
+            ewcpp_update(self.fisher, self.body_params())
+        return out
+
+    def after_task(self, task_id: int) -> None:
+        """theta* and F of this task end fill the one slot (online EWC)."""
+        if self.fisher:
+            params = self.body_params()
+            self.anchor = {n: params[n].detach().clone() for n in self.fisher}
+            self.importance = {n: f.clone() for n, f in self.fisher.items()}
+
+    def extra_state(self) -> dict:
+        cpu = lambda d: {n: t.cpu() for n, t in d.items()}  # noqa: E731
+        return {"fisher": cpu(self.fisher), "anchor": cpu(self.anchor), "importance": cpu(self.importance)}
+
+    def load_extra_state(self, state: dict) -> None:
+        dev = lambda d: {n: t.to(self.device) for n, t in d.items()}  # noqa: E731
+        self.fisher, self.anchor, self.importance = dev(state["fisher"]), dev(state["anchor"]), dev(state["importance"])

@@ -1,0 +1,109 @@
+"""The i-Blurry protocol's rm, gdumb and der++ against hand-computed values on tiny random inputs: GDumb's
+class-balanced rule, rm's head (wiped or kept) and step schedule, gdumb's fresh model per evaluation, and
+the logits der++ stores with its memory."""
+from __future__ import annotations
+
+import torch
+
+from methods.memory import build_manager
+from methods.memory.greedy_balanced import balanced_insert
+from methods.online_protocol import StepCounter
+from tests.synthetic import synthetic_method
+
+
+def online(mode: str, *extra: str, n_cls: int = 3, per_cls: int = 8):
+    argv = ["--mode", mode, "--exp_name", "iblurry50_10", "--dataset", "mnist", "--device", "cpu", "--transforms",
+            *extra]
+    torch.manual_seed(0)
+    m = synthetic_method(argv, n_cls, per_cls)
+    n = n_cls * per_cls
+    m.before_task(0, torch.arange(n), torch.arange(n))
+    return m
+
+
+def test_balanced_rule_by_hand():
+    """Slots [0, 0, 1], size 4; newcomers 1, 2, 2, 2. 1 fills slot 3 -> [0,0,1,1]. 2: counts {0:2, 1:2, 2:1},
+    largest (lowest label) 0, draw 0.5 of slots [0, 1] -> slot 1 -> [0,2,1,1]. 2: {0:1, 1:2, 2:2} -> class 1,
+    draw 0.99 of [2, 3] -> 3 -> [0,2,1,2]. 2: {0:1, 1:1, 2:3} -> class 2 (its own), draw 0 of [1, 3] -> 1."""
+    slots = [0, 0, 1]
+    assert balanced_insert(slots, [1, 2, 2, 2], 4, [0.0, 0.5, 0.99, 0.0]) == [3, 1, 3, 1]
+    assert slots == [0, 2, 1, 2]
+
+
+def test_balanced_memory_a_slot_taken_twice_goes_to_the_later_newcomer():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    mem = build_manager("greedy_balanced", 3, labels)
+    mem.update(torch.tensor([0, 1, 2]), 0, 3)  # fills: [0, 1, 2]
+    torch.manual_seed(0)
+    mem.update(torch.tensor([4, 5]), 0, 3)  # 4 evicts a class-0 slot (largest, lowest label); 5 evicts ...
+    counts = mem.class_counts(3)
+    assert len(mem) == 3 and counts[2] >= 1 and sum(counts) == 3
+    assert 5 in mem.indices.tolist()  # the later newcomer always ends in the memory
+
+
+def test_rm_as_the_clib_code_runs_it_wipes_the_head_and_as_intended_keeps_it():
+    for intended, kept in ((False, False), (True, True)):
+        m = online("rm", *(["--as_intended"] if intended else []), "--memory_size", "500", "--batchsize", "16")
+        assert m.memory_size() == 492 and m.cfg.temp_batchsize == 16 and m.cfg.opt_name == "sgd"
+        m.expose(2)
+        old = m.model.fc.weight.detach().clone()
+        m.expose(3)
+        assert m.n_out == 3
+        assert torch.equal(m.model.fc.weight.detach()[:2], old) is kept
+        temp = torch.arange(16)
+        assert torch.equal(m.replay_batch(temp), temp)  # the stream samples only
+        assert [m.steps_due(StepCounter(3.0), 16) for _ in range(3)] == [1, 1, 1]  # --online_iter is not read
+        assert m.training_calls(True) == [("memory", m.cfg.n_epoch)]
+
+
+def test_rm_task_end_memory_is_chosen_by_uncertainty_only_as_intended():
+    for intended in (False, True):
+        m = online("rm", *(["--as_intended"] if intended else []), "--memory_size", "14", "--batchsize", "8",
+                   n_cls=3, per_cls=10)
+        m.expose(3)
+        m.remember(torch.arange(10), 0)
+        before = m.memory.indices.clone()
+        m.after_stream(1)
+        assert m.grad_clip == 10.0
+        changed = not torch.equal(before, m.memory.indices)
+        assert changed is intended and len(m.memory) == 10
+        if intended:  # 10 // 3 = 3 per class from the 30 candidates (each once), then one random fill
+            assert sorted(m.memory.class_counts(3)) == [3, 3, 4] and len(set(m.memory.indices.tolist())) == 10
+
+
+def test_gdumb_trains_a_fresh_model_on_the_memory_before_each_evaluation():
+    m = online("gdumb", "--memory_size", "9", "--batchsize", "4", "--n_epoch", "2")
+    assert m.cfg.temp_batchsize == 1 and m.steps_due(StepCounter(1.0), 1) == 0
+    m.expose(3)
+    m.remember(torch.arange(12), 0)
+    assert m.memory.class_counts(3) == [3, 3, 3]
+    first = m.model
+    m.before_eval()
+    assert m.model is not first and m.n_out == 3 and not m.model.training
+    # 2 epochs of batches 4 + 4 (+ 1, left out: mlp400's BatchNorm1d cannot train on one sample)
+    assert m.samples["memory_training"] == 2 * 8
+    w = [p.detach().clone() for p in m.model.parameters()]
+    m.before_eval()
+    assert not any(torch.equal(a, b.detach()) for a, b in zip(w, m.model.parameters()))  # fresh again
+
+
+def test_derpp_stores_the_last_logits_of_the_samples_that_enter():
+    m = online("der++", "--memory_size", "12", "--batchsize", "8", n_cls=4, per_cls=6)  # temp 4, reservoir of 8
+    m.expose(2)
+    temp = torch.tensor([0, 1, 4, 5])  # labels 0, 1, 0, 1
+    m.model.train()
+    x, y = m.train_aug(m.data.train.images[temp]), m.data.train_labels[temp]
+    m.train_step(x, y, temp)
+    last = m.last.clone()
+    m.remember(temp, 0)
+    assert torch.equal(m.memory.indices, temp)
+    assert torch.equal(m.slot_logits[:4, :2], last) and m.slot_width[:4].tolist() == [2, 2, 2, 2]
+    m.expose(4)
+    temp2 = torch.tensor([2, 3, 6, 7])
+    m.remember(temp2, 0)  # no step since: stored with no columns, matched on none
+    assert m.slot_width[4:8].tolist() == [0, 0, 0, 0] and m.slot_logits[4:8].abs().sum() == 0
+    batch = m.replay_batch(torch.tensor([8, 9, 10, 11]))
+    assert len(batch) == 4 + 2 * 4 and torch.equal(m.memory.indices[m.drawn], batch[4:8])
+    x, y = m.train_aug(m.data.train.images[batch]), m.data.train_labels[batch]
+    loss, logits, y_out = m.train_step(x, y, batch)
+    assert logits.shape == (4, 4) and torch.equal(y_out, y[:4]) and torch.isfinite(loss)
