@@ -130,11 +130,12 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
       help=range_help("temp_batchsize", "i-Blurry protocol: stream samples gathered before they train (with "
                                         "memory samples up to --batchsize); default --batchsize // 2"))
     a("--as_intended", action="store_true", default=None,
-      help="i-Blurry protocol: run the method as its paper intends where the CLIB code has a defect (SPEC section "
-           "12): rm with its uncertainty memory (chosen at each task end from the memory and the task's stream) "
-           "and a kept head; ewc++ with a Fisher that updates; mir scored without batch-norm drift; clib with the "
-           "importance step H_B -= 0.1 (dL - mean H_B) / |B| and the head's lr kept at new classes. Default: as the "
-           "CLIB code runs it")
+      help="i-Blurry protocol: run the method as its paper intends where the CLIB code has a defect (SPEC "
+           "section 12): rm as the CVPR'21 code runs it (steps of half stream, half memory; the memory chosen "
+           "at each task end by uncertainty from itself and the task's stream) with a kept head; ewc++ with a "
+           "Fisher that updates; mir scored without batch-norm drift; clib with the importance step "
+           "H_B -= 0.1 (dL - mean H_B) / |B| and the head's lr kept at new classes. Default: as the CLIB code "
+           "runs it")
     a("--dist_timeout", type=float, default=1800.0, metavar="S",
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "
@@ -177,7 +178,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.n_init_cls = 1  # the head starts with one output and grows per exposed class
         args.eval_period = args.eval_period or 100  # anytime evaluation is the protocol
     if sample_wise and args.temp_batchsize is None:
-        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize)
+        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize, bool(args.as_intended))
     check_ranges(args)
     check_lists(args)
     check_sample_wise(args, iblurry is not None, sample_wise)

@@ -122,6 +122,9 @@ def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool)
     if cfg.as_intended and not iblurry:
         raise ConfigError("--as_intended changes methods of the i-Blurry protocol only (--exp_name iblurryN_M); "
                           "drop it for blurry/disjoint runs")
+    if iblurry and cfg.mem_manage not in (None, "default"):
+        raise ConfigError(f"--mem_manage {cfg.mem_manage}: the i-Blurry protocol's methods keep the memory their "
+                          "papers define (README: i-Blurry-N-M); drop --mem_manage")
     if iblurry and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
     if sample_wise and cfg.temp_batchsize > cfg.batchsize:

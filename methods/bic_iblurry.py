@@ -108,6 +108,7 @@ class BiCIBlurry(ER):
 
     def __init__(self, cfg, data: RunData, device: torch.device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
+        self.mem_manage = "reservoir+held_out"
         self.valid_size = round(super().memory_size() * VALID_FRACTION)
         self.quota = self.valid_size  # CLIB's val_per_cls: the whole held-out set for the first class
         self.valid = torch.empty(0, dtype=torch.long, device=device)  # the held-out samples (training indices)

@@ -33,7 +33,7 @@ class CLIB(ER):
     remember_first = True
 
     @staticmethod
-    def default_temp_batchsize(batchsize: int) -> int:
+    def default_temp_batchsize(batchsize: int, as_intended: bool = False) -> int:
         """The CLIB code has no temporary batch: each sample is remembered, then trains."""
         return 1
 
@@ -41,6 +41,7 @@ class CLIB(ER):
         super().__init__(cfg, data, device, writer)
         if self.memory_size() <= 0:
             raise ValueError("--mode clib trains on the memory only: give a --memory_size above 0")
+        self.mem_manage = "clib_importance"  # its own rule (the manager only holds the indices)
         self.public = not getattr(cfg, "as_intended", False)  # the CLIB code's importance step and head lr
         self.importance = torch.zeros(0, dtype=torch.float64, device=device)  # H, one per memory slot
         self.losses = torch.zeros(0, device=device)  # per-slot CE at the last importance pass

@@ -32,7 +32,7 @@ class ER(Method):
     protocol_defaults = {"opt_name": "adam", "lr": 3e-4}  # the CLIB scripts' optimiser, unless given
 
     @staticmethod
-    def default_temp_batchsize(batchsize: int) -> int:
+    def default_temp_batchsize(batchsize: int, as_intended: bool = False) -> int:
         """--temp_batchsize when not given: half the batch (the CLIB code)."""
         return max(1, batchsize // 2)
 

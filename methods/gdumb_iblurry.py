@@ -23,7 +23,7 @@ class GDumbiBlurry(ER):
     protocol_defaults: dict = {}  # SGD, --lr and --sched_name from the dataset's preset (the CLIB scripts: sgd 0.05)
 
     @staticmethod
-    def default_temp_batchsize(batchsize: int) -> int:
+    def default_temp_batchsize(batchsize: int, as_intended: bool = False) -> int:
         return 1  # each sample enters the memory at once, so an evaluation sees every sample before it
 
     def memory_size(self) -> int:

@@ -36,8 +36,8 @@ def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter
                  alpha: float = EWCPP_ALPHA) -> int:
     """EWC++'s online Fisher after a step, in place: F <- (1 - alpha) F + alpha g^2 for every parameter
     with a gradient; a parameter without a Fisher yet takes g^2 (the CLIB code's first update, which it
-    detects as a Fisher still all zero). Returns how many were updated. The CLIB code reads the gradients after ``zero_grad()``: none
-    are left, so its Fisher never updates."""
+    detects as a Fisher still all zero). Returns how many were updated. The CLIB code reads the gradients
+    after ``zero_grad()``: none are left, so its Fisher never updates."""
     n = 0
     for name, p in params.items():
         if p.grad is None:

@@ -19,21 +19,23 @@ CLIP = 10.0  # the CLIB code clips the gradient norm in the memory epochs
 
 @register("rm", iblurry=True)
 class RMiBlurry(ER):
-    """One SGD step (constant --lr) per --batchsize stream samples, on those samples only; each sample then
-    enters a memory of --memory_size - --batchsize // 2 by GDumb's rule. At each task end, --n_epoch
-    epochs on the memory (warm start, cosine warm restarts down to --lr / 100, gradient norm clipped at
-    10). The CLIB code (default): every new class re-initialises the whole head and the optimizer, and the
-    uncertainty memory is never used. --as_intended: the head grows keeping the old classes' rows, and at
-    each task end the memory is chosen from itself and the task's stream by RM's uncertainty rule
-    (--uncert_metric) before the memory epochs."""
+    """The CLIB code (default): one SGD step (constant --lr) per --batchsize stream samples, on those samples
+    only; each sample then enters a memory of --memory_size - --batchsize // 2 by GDumb's rule; every new
+    class re-initialises the whole head and the optimizer; the uncertainty memory is never used. At each
+    task end, --n_epoch epochs on the memory (warm start, cosine warm restarts down to --lr / 100, gradient
+    norm clipped at 10). --as_intended, RM as the CVPR'21 code runs its online stream: each step takes
+    --batchsize // 2 stream samples and as many memory samples (uniform); the memory stays as the last task
+    end left it, and at each task end it is chosen from itself and the task's stream by RM's uncertainty
+    rule (--uncert_metric) before the memory epochs; the head grows keeping the old classes' rows."""
 
     default_memory = "greedy_balanced"
     eval_every_epoch = False  # the memory epochs are not evaluated; the task end is
     protocol_defaults: dict = {}  # SGD, --lr and --sched_name from the dataset's preset (the CLIB scripts: sgd 0.05)
 
     @staticmethod
-    def default_temp_batchsize(batchsize: int) -> int:
-        return batchsize
+    def default_temp_batchsize(batchsize: int, as_intended: bool = False) -> int:
+        """The CLIB code: --batchsize stream samples per step; the CVPR code (as intended): half a batch."""
+        return max(1, batchsize // 2) if as_intended else batchsize
 
     def memory_size(self) -> int:
         return max(self.cfg.memory_size - max(1, self.cfg.batchsize // 2), 0)
@@ -59,7 +61,13 @@ class RMiBlurry(ER):
         return 1  # one step per temporary batch of --batchsize samples, whatever --online_iter
 
     def replay_batch(self, temp: torch.Tensor) -> torch.Tensor:
-        return temp  # the stream samples only
+        """The CLIB code: the stream samples only; as intended: with memory samples up to --batchsize."""
+        return super().replay_batch(temp) if self.cfg.as_intended else temp
+
+    def remember(self, temp: torch.Tensor, task_id: int) -> None:
+        """The CLIB code: GDumb's rule per sample; as intended, the memory changes at task ends only."""
+        if not self.cfg.as_intended:
+            super().remember(temp, task_id)
 
     def train_step(self, x, y, idx=None, extra=None):
         return Method.train_step(self, x, y, idx, extra)  # no per-step decay: the lr is constant

@@ -67,6 +67,7 @@ def test_settings_the_protocol_refuses(mnist_dir, tmp_path, capsys):
                          (["--exp_name", "blurry10"], "runs in the i-Blurry protocol only"),
                          (["--stream_env", "offline"], "online protocol"),
                          (["--temp_batchsize", "32"], "exceeds --batchsize"),
+                         (["--mem_manage", "uncertainty"], "drop --mem_manage"),
                          (["--exp_name", "iblurry150_10"], "unknown --exp_name"),
                          (["--online_iter", "0"], "--online_iter must be")]:
         assert rm_main.main(er_args(mnist_dir, tmp_path) + extra) == 2, extra

@@ -41,18 +41,24 @@ def test_balanced_memory_a_slot_taken_twice_goes_to_the_later_newcomer():
     assert 5 in mem.indices.tolist()  # the later newcomer always ends in the memory
 
 
-def test_rm_as_the_clib_code_runs_it_wipes_the_head_and_as_intended_keeps_it():
-    for intended, kept in ((False, False), (True, True)):
+def test_rm_as_the_clib_code_runs_it_and_as_intended():
+    """The CLIB code: 16 stream samples per step, head wiped at each new class; as intended: 8 stream
+    samples + 8 memory samples per step, head rows kept. Either way one step per temporary batch."""
+    for intended in (False, True):
         m = online("rm", *(["--as_intended"] if intended else []), "--memory_size", "500", "--batchsize", "16")
-        assert m.memory_size() == 492 and m.cfg.temp_batchsize == 16 and m.cfg.opt_name == "sgd"
+        assert m.memory_size() == 492 and m.cfg.temp_batchsize == (8 if intended else 16)
+        assert m.cfg.opt_name == "sgd" and m.cfg.lr == 0.05
         m.expose(2)
         old = m.model.fc.weight.detach().clone()
         m.expose(3)
         assert m.n_out == 3
-        assert torch.equal(m.model.fc.weight.detach()[:2], old) is kept
-        temp = torch.arange(16)
-        assert torch.equal(m.replay_batch(temp), temp)  # the stream samples only
-        assert [m.steps_due(StepCounter(3.0), 16) for _ in range(3)] == [1, 1, 1]  # --online_iter is not read
+        assert torch.equal(m.model.fc.weight.detach()[:2], old) is intended
+        m.memory.indices = torch.arange(12, 24)
+        temp = torch.arange(m.cfg.temp_batchsize)
+        batch = m.replay_batch(temp)
+        assert torch.equal(batch[:len(temp)], temp)
+        assert len(batch) == 16 and set(batch[len(temp):].tolist()) <= set(range(12, 24))  # 16 + 0 or 8 + 8
+        assert [m.steps_due(StepCounter(3.0), len(temp)) for _ in range(3)] == [1, 1, 1]  # not --online_iter
         assert m.training_calls(True) == [("memory", m.cfg.n_epoch)]
 
 
@@ -62,12 +68,12 @@ def test_rm_task_end_memory_is_chosen_by_uncertainty_only_as_intended():
                    n_cls=3, per_cls=10)
         m.expose(3)
         m.remember(torch.arange(10), 0)
+        assert len(m.memory) == (0 if intended else 10)  # as intended, the stream does not enter it
         before = m.memory.indices.clone()
         m.after_stream(1)
-        assert m.grad_clip == 10.0
-        changed = not torch.equal(before, m.memory.indices)
-        assert changed is intended and len(m.memory) == 10
-        if intended:  # 10 // 3 = 3 per class from the 30 candidates (each once), then one random fill
+        assert m.grad_clip == 10.0 and len(m.memory) == 10
+        assert torch.equal(before, m.memory.indices) is not intended
+        if intended:  # 10 // 3 = 3 per class from the 30 stream samples by uncertainty, then one random fill
             assert sorted(m.memory.class_counts(3)) == [3, 3, 4] and len(set(m.memory.indices.tolist())) == 10
 
 

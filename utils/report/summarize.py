@@ -96,6 +96,8 @@ def setting(c: dict, key: str) -> str:
         return " ".join(v) if v else "none"
     if key == "mem_manage":
         return str(c.get("mem_manage_resolved") or v)
+    if key == "mode" and c.get("as_intended"):
+        return f"{v} (as intended)"
     return str(v)
 
 
