@@ -9,13 +9,13 @@ resized and coloured per class, written as a CIFAR-format archive (prepared by `
 utils.prepare`, like the real archive) or, for the ImageNet-shaped run, as a JPEG folder. Its
 accuracy is a sanity check only. Each run is main.py's main() in this process, so the per-phase
 GPU peaks can be read. Without Fashion-MNIST it prints SKIPPED and exits 0. Figures also go to
-<out>/bench_protocol.json; exit 1 when a run failed.
+<out>/bench_protocol.json; exit 1 when a run failed, 2 when --device cuda finds no GPU.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import math
 import multiprocessing as mp
 import os
 import pickle
@@ -23,6 +23,7 @@ import shutil
 import sys
 import tarfile
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from io import BytesIO
@@ -37,6 +38,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import main as rm_main  # noqa: E402
+from methods.trainer import PHASE_TIMER  # noqa: E402
+from utils.data.decode import DataError  # noqa: E402
 from utils.data.run_data import resolve_device  # noqa: E402
 from utils.prepare.build import find_source  # noqa: E402
 from utils.prepare.cifar import SPECS  # noqa: E402
@@ -108,12 +111,12 @@ DERIVATION = {
               "excluded from the others); other = wall_time_s minus the phases (start-up, data loading, logs)",
     "samples": "phase_samples of the results file: stream pass and memory epochs = training samples; memory "
                "update = uncertainty views forwarded (12 per candidate); evaluation = test images forwarded",
-    "steps": "optimizer steps, derived: stream pass = samples / batchsize (RM's stream batches are always full); "
-             "memory epochs = sum over tasks of epochs (per-epoch records) x ceil(memory size (memory_class_counts) "
-             "/ (batchsize // 2)) (RM's memory batches, last partial kept), checked against the samples; n/a for "
-             "phases without optimizer steps or where the check fails",
+    "steps": "optimizer steps = training batches, counted by a Trainer subclass the bench puts in main.py's place "
+             "(the results file holds no step counts, and samples / batchsize is wrong for RM: its stream batches "
+             "carry a partial memory half when the memory is not a multiple of batchsize // 2); n/a for phases "
+             "without optimizer steps",
     "peak_gpu_mib": "torch.cuda.max_memory_allocated within the phase (tensors; the allocator reserves more), "
-                    "read by a Trainer subclass put in main.py's place; n/a on the CPU",
+                    "read by the same Trainer subclass; n/a on the CPU",
 }
 
 
@@ -199,7 +202,7 @@ def write_cifar_archive(path: Path, d: StandIn, fashion: dict, seed: int) -> Non
     members[spec.meta] = _pickled(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
         for name, blob in members.items():
             info = tarfile.TarInfo(f"{spec.folder}/{name}")
             info.size = len(blob)
@@ -270,15 +273,17 @@ def load_fashion(src: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return _FASHION[str(src)]
 
 
-# ----------------------------------------------------------------------------- GPU peaks per phase
+# ----------------------------------------------------------------------------- what main.py's trainer does
 
-class PhasePeaks:
-    """Peak allocated CUDA memory per phase, nested phases apart (the running one is folded in before a
-    nested one starts, then the peak counter is reset); inactive on the CPU."""
+class Probe:
+    """What the results file does not hold: optimizer steps per training phase (the batches the trainer ran) and
+    the peak allocated CUDA memory per phase, nested phases apart (the running phase's peak is folded in before a
+    nested one starts, then the counter is reset); peaks only on CUDA."""
 
     def __init__(self, device: torch.device) -> None:
         self.on = device.type == "cuda"
         self.peak: dict[str, int] = {}
+        self.steps: dict[str, int] = defaultdict(int)
         self.stack: list[str] = []
         self.overall = 0
         if self.on:
@@ -308,19 +313,24 @@ class PhasePeaks:
         return self.peak[name] / 2 ** 20 if name in self.peak else None
 
 
-def measured_trainer(base: type, peaks: PhasePeaks) -> type:
-    """``base`` (methods.trainer.Trainer) with each timed hook and each evaluation inside ``peaks.phase``."""
+def probed_trainer(base: type, probe: Probe) -> type:
+    """``base`` (methods.trainer.Trainer) with each timed hook and each evaluation inside ``probe.phase`` and the
+    batches of each training epoch counted (one optimizer step each)."""
 
-    class MeasuredTrainer(base):
+    class ProbedTrainer(base):
         def timed(self, phase: str, fn, *args):
-            with peaks.phase(phase):
+            with probe.phase(phase):
                 return super().timed(phase, fn, *args)
 
         def evaluate(self, test_idx: torch.Tensor) -> dict:
-            with peaks.phase("evaluation"):
+            with probe.phase("evaluation"):
                 return super().evaluate(test_idx)
 
-    return MeasuredTrainer
+        def run_epoch(self, phase: str, epoch: int, batches: list[torch.Tensor]) -> tuple[float, float]:
+            probe.steps[PHASE_TIMER[phase]] += len(batches)
+            return super().run_epoch(phase, epoch, batches)
+
+    return ProbedTrainer
 
 
 # ----------------------------------------------------------------------------- running and figures
@@ -343,47 +353,34 @@ def run_argv(p: Protocol, a: argparse.Namespace, data_dir: Path, out_dir: Path) 
     return flags_to_argv(flags)
 
 
-def run_main(argv: list[str], device: torch.device) -> tuple[int, float, PhasePeaks]:
-    """main.main(argv) in this process with the measuring trainer; exit code, seconds, the peaks."""
-    peaks = PhasePeaks(device)
+def run_main(argv: list[str], device: torch.device) -> tuple[int, float, Probe]:
+    """main.main(argv) in this process with the probed trainer in main's place; exit code, seconds, the probe."""
+    gc.collect()  # the previous protocol's tensors, before this run's peaks are read
+    probe = Probe(device)
     plain = rm_main.Trainer
-    rm_main.Trainer = measured_trainer(plain, peaks)
+    rm_main.Trainer = probed_trainer(plain, probe)
     t0 = time.perf_counter()
     try:
-        with peaks.phase("run"):
+        with probe.phase("run"):
             rc = rm_main.main(argv)
     finally:
         rm_main.Trainer = plain
-    return rc, time.perf_counter() - t0, peaks
-
-
-def training_steps(res: dict, phase: str, batch: int) -> int | None:
-    """Optimizer steps of a training phase derived from the results file (see DERIVATION); None if not derivable."""
-    samples = res["phase_samples"].get(TRAIN_PHASES[phase], 0)
-    if phase == "stream_pass":
-        return samples // batch if samples % batch == 0 else None
-    if phase == "memory_epochs":
-        sizes = [sum(c) for c in res["memory_class_counts"]]
-        epochs = [len(e) for e in res["epochs"]]
-        if sum(n * m for n, m in zip(epochs, sizes)) != samples:
-            return None
-        return sum(n * math.ceil(m / (batch // 2)) for n, m in zip(epochs, sizes))
-    return None
+    return rc, time.perf_counter() - t0, probe
 
 
 def rate(n: float | None, s: float) -> float | None:
     return None if n is None or s <= 0 else n / s
 
 
-def phase_figures(res: dict, peaks: PhasePeaks, batch: int) -> dict[str, dict]:
+def phase_figures(res: dict, probe: Probe) -> dict[str, dict]:
     """{phase: time_s, steps, steps_per_s, samples, samples_per_s, peak_gpu_mib} of every timed phase."""
     out = {}
     for phase, sec in res["phase_time_s"].items():
         key = TRAIN_PHASES.get(phase) or OTHER_SAMPLES.get(phase)
         samples = res["phase_samples"].get(key) if key else None
-        steps = training_steps(res, phase, batch) if phase in TRAIN_PHASES and phase != "offline_epochs" else None
+        steps = probe.steps.get(phase) if phase in TRAIN_PHASES else None
         out[phase] = {"time_s": sec, "steps": steps, "steps_per_s": rate(steps, sec), "samples": samples,
-                      "samples_per_s": rate(samples, sec), "peak_gpu_mib": peaks.mib(phase)}
+                      "samples_per_s": rate(samples, sec), "peak_gpu_mib": probe.mib(phase)}
     return out
 
 
@@ -391,22 +388,25 @@ def bench_one(p: Protocol, a: argparse.Namespace, src: Path, device: torch.devic
     """Prepare the stand-in of ``p``, run it through main(), read its results; the protocol's figures."""
     work = Path(a.out) / ("quick" if a.quick else "full")
     d = p.quick_data if a.quick else p.data
+    print_head(p, a.quick)
     t0 = time.perf_counter()
     data_line = prepare_stand_in(p, d, work / "data", src, 1 if a.quick else min(8, os.cpu_count() or 1), a.rebuild)
     prep_s = time.perf_counter() - t0
     out_dir = work / "runs" / p.name
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: results/<dataset>/bench_<name>.json is this run's
-    argv = run_argv(p, a, work / "data", out_dir)
-    rc, main_s, peaks = run_main(argv, device)
+    argv = run_argv(p, a, work / "data", out_dir) + ["--dry_run"] * a.dry_run
+    rc, main_s, probe = run_main(argv, device)
     fig = {"title": p.title, "quick": a.quick, "note": p.note, "data": data_line, "stand_in": asdict(d),
            "prepare_s": prep_s, "command": "python main.py " + " ".join(argv), "exit_code": rc, "main_s": main_s,
-           "peak_gpu_mib_run": peaks.overall / 2 ** 20 if peaks.on else None}
+           "peak_gpu_mib_run": probe.overall / 2 ** 20 if probe.on else None}
     res_file = out_dir / "results" / p.dataset / f"bench_{p.name}.json"
+    if a.dry_run:
+        return {**fig, "ok": rc == 0, "dry_run": True}
     if rc != 0 or not res_file.is_file():
         return {**fig, "ok": False}
     res = json.loads(res_file.read_text())
     batch = int(res["config"]["batchsize"])
-    phases = phase_figures(res, peaks, batch)
+    phases = phase_figures(res, probe)
     other = res["wall_time_s"] - sum(v["time_s"] for v in phases.values())
     return {**fig, "ok": True, "results": str(res_file), "batchsize": batch, "n_epoch": res["config"]["n_epoch"],
             "eval_epochs": res["config"]["eval_epochs"], "phases": phases, "other_s": other,
@@ -418,14 +418,21 @@ def cell(v: float | int | None, fmt: str, width: int) -> str:
     return f"{'n/a':>{width}}" if v is None else f"{v:>{width}{fmt}}"
 
 
-def print_table(name: str, f: dict) -> None:
-    print(f"\n== {name}: {f['title']}{' (QUICK: a few steps on tiny data, not the protocol)' if f['quick'] else ''}")
-    if f["note"]:
-        print(f"   {f['note']}")
+def print_head(p: Protocol, quick: bool) -> None:
+    print(f"\n== {p.name}: {p.title}{' (QUICK: a few steps on tiny data, not the protocol)' if quick else ''}")
+    if p.note:
+        print(f"   {p.note}")
+    sys.stdout.flush()  # before utils.prepare's and main()'s output
+
+
+def print_table(f: dict) -> None:
     print(f"   data ({f['prepare_s']:.1f} s to make): {f['data']}")
     print(f"   {f['command']}")
     if not f["ok"]:
         print(f"   FAILED: main() returned {f['exit_code']} (its log is above, on stderr)")
+        return
+    if f.get("dry_run"):
+        print("   DRY RUN: the stand-in is ready and main.py --dry_run accepted the settings, the data and the split")
         return
     print(f"{'phase':<22}{'time s':>10}{'steps':>9}{'steps/s':>10}{'samples':>11}{'samples/s':>11}"
           f"{'peak GPU MiB':>14}")
@@ -453,6 +460,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="main.py's --eval_epochs (default: all, the protocol; --quick: last_task)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rebuild", action="store_true", help="write the stand-in data again")
+    p.add_argument("--dry_run", action="store_true",
+                   help="make the stand-ins and check each run with main.py --dry_run; no training, no figures")
     a = p.parse_args(argv)
     if a.epochs is not None and a.epochs < 1:
         p.error("--epochs must be at least 1")
@@ -466,7 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         print("SKIPPED: no Fashion-MNIST IDX files found (--fashion, $RM_FASHION_SRC, the Debian package "
               "dataset-fashion-mnist at /usr/share/datasets/fashion-mnist); the stand-ins are made from it")
         return 0
-    device = resolve_device(a.device)
+    try:
+        device = resolve_device(a.device)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}) | torch {torch.__version__}, {torch.get_num_threads()} thread(s) | "
           f"Fashion-MNIST from {src}\n{STAND_IN}")
@@ -477,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
               "derivation": DERIVATION, "protocols": {}}
     for p_name in a.only:
         report["protocols"][p_name] = f = bench_one(PROTOCOLS[p_name], a, src, device)
-        print_table(p_name, f)
+        print_table(f)
     print("\nhow each figure is derived:\n" + "\n".join(f"  {k}: {v}" for k, v in DERIVATION.items()))
     out = Path(a.out) / "bench_protocol.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -58,5 +58,15 @@ else
   echo "== no MNIST IDX files under $SHARED/datasets/mnist: MNIST runs skipped"
 fi
 step bench_stream 300 $PY benchmarks/bench_stream.py --device $DEV --root "$WORK/stream" --n 8192 --chunk 1024
+# the paper's RM protocols end to end on Fashion-MNIST stand-ins (benchmarks/bench_protocol.py): --quick, then
+# CIFAR-10 with 16 of its 256 epochs and --eval_epochs last_task (the full protocol does not fit one check),
+# then the reduced ImageNet-shaped run
+FASH=${RM_FASHION_SRC:-/usr/share/datasets/fashion-mnist}
+step protocol_quick 120 $PY benchmarks/bench_protocol.py --quick --device $DEV --fashion "$FASH" --out "$WORK/protocol_quick"
+step protocol_cifar10 300 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" --out "$WORK/protocol_c10" \
+  --only cifar10 --epochs 16 --eval_epochs last_task
+step protocol_imagenet 240 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" --out "$WORK/protocol_in" \
+  --only imagenet
+for p in quick c10 in; do cp "$WORK/protocol_$p/bench_protocol.json" "$LOGS/protocol_$p.json" 2>/dev/null || true; done
 step test_suite 240 env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rf -n 8 tests
 rm -rf "$WORK"
