@@ -145,3 +145,31 @@ def test_plots_are_written_as_png(tmp_path):
                                              "group_mnist_blurry10_online__rm_uncertainty_cutmix_autoaug.png"]
     for x in paths:
         assert x.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and x.stat().st_size > 10_000
+
+
+def test_anytime_curves_columns_and_intended_rows(tmp_path, capsys):
+    """i-Blurry results: default columns A_last, A_auc and F_last; an --as_intended row is named; the anytime
+    band is the mean and sample std over seeds at each point (by hand), and its PNG is written."""
+    import numpy as np
+    import pytest
+
+    from utils.report.plots import anytime_stats
+    for seed, accs in ((1, [20.0, 40.0]), (2, [30.0, 60.0])):
+        for intended in (False, True):
+            p = write(tmp_path, f"rm{intended}_s{seed}", seed, 70.0, exp_name="iblurry50_10", as_intended=intended)
+            r = json.loads(p.read_text())
+            r.update(A_auc=sum(accs) / 2, F_last=5.0, anytime=[{"task": 0, "samples": 100 * (k + 1), "acc": a}
+                                                              for k, a in enumerate(accs)])
+            p.write_text(json.dumps(r))
+    x, m, s = anytime_stats([{"anytime": [{"samples": 100, "acc": 20.0}, {"samples": 200, "acc": 40.0}]},
+                             {"anytime": [{"samples": 100, "acc": 30.0}, {"samples": 200, "acc": 60.0}]}])
+    assert x.tolist() == [100, 200] and m.tolist() == [25.0, 50.0] and np.allclose(s, [7.0710678, 14.1421356])
+    assert sm.main([str(tmp_path / "results" / "mnist")]) == 0
+    out = capsys.readouterr().out
+    assert "**A_auc**" in out and "**F_last**" in out and "rm (as intended) / uncertainty" in out
+    assert "37.50 +- 10.61 (2)" in out  # A_auc: 30 and 45
+    pytest.importorskip("matplotlib")
+    from utils.report.plots import write_plots
+    s = sm.summarize_runs([tmp_path / "results" / "mnist"])
+    names = [p.name for p in write_plots(s.cells, s.cols, tmp_path / "plots")]
+    assert "anytime_mnist_iblurry50_10_online.png" in names

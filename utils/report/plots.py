@@ -21,6 +21,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:120]
 
 
+def _save_with_legend(plt, fig, ax, path: Path) -> Path:
+    """Grid, the legend outside the axes on the right, and the PNG written."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def curve_stats(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample std over seeds of per-task accuracies (runs of unequal length are cut to
     the shortest)."""
@@ -66,12 +76,7 @@ def plot_accuracy(groups: dict[str, list[dict]], title: str, path: Path) -> Path
     ax.set_ylabel("accuracy after the task (%)")
     ax.set_title(title)
     ax.set_xticks(range(1, max(len(r["task_acc"]) for g in groups.values() for r in g) + 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_with_legend(plt, fig, ax, path)
 
 
 def anytime_stats(results: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,12 +104,7 @@ def plot_anytime(groups: dict[str, list[dict]], title: str, path: Path) -> Path:
     ax.set_xlabel("stream samples seen")
     ax.set_ylabel("accuracy on the exposed classes (%)")
     ax.set_title(f"anytime accuracy: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_with_legend(plt, fig, ax, path)
 
 
 def _heat(ax, m: np.ndarray, title: str, cmap: str, vmin: float, vmax: float) -> None:
