@@ -30,3 +30,13 @@ def fashion_dir(tmp_path_factory) -> Path:
 def mnist_dir(tmp_path_factory) -> Path:
     """MNIST, first 300 train / 100 test images per class, from ../shared."""
     return _subset(tmp_path_factory, "mnist", MNIST_SRC, 300)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: mlp400's tiny ops only lose from two threads, badly on a busy 2-core CPU."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ from tests.synthetic import synthetic_method
 N_CLS, PER_CLS = 10, 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: mlp400's tiny ops only lose from two threads, badly on a busy 2-core CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class FixedLogits(nn.Module):

@@ -15,13 +15,7 @@ from methods.bic_iblurry import BiCIBlurry, correct_logits, fit_bias_layer, held
 from methods.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: mlp400's tiny ops only lose from two threads, badly on a busy 2-core CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(memory_size: int = 500, n_cls: int = 3, per_cls: int = 100) -> BiCIBlurry:

@@ -9,12 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configuration.config import base_parser, resolve
-from methods import get_method_class, method_names
 from methods.online_protocol import StepCounter
+from tests.synthetic import synthetic_method
 from utils.data.augment import normalize
-from utils.data.folder import ImageSet
-from utils.data.run_data import RunData
 
 LR = 3e-4
 
@@ -23,19 +20,9 @@ def clib(memory: int = 4, batch: int = 4, n_cls: int = 3, per_cls: int = 4, *ext
     """A clib method on n_cls * per_cls random 28x28 grey images (label = index % n_cls), head grown to n_cls."""
     argv = ["--mode", "clib", "--exp_name", "iblurry50_10", "--dataset", "mnist", "--device", "cpu",
             "--memory_size", str(memory), "--batchsize", str(batch), "--transforms", *extra]
-    cfg = resolve(base_parser(method_names()).parse_args(argv))
-    g = torch.Generator().manual_seed(0)
-    n = n_cls * per_cls
-    labels = torch.arange(n) % n_cls
-
-    def split(name: str) -> ImageSet:
-        imgs = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
-        return ImageSet(imgs, [f"{name}/{i % n_cls}/{i}.png" for i in range(n)], [str(c) for c in range(n_cls)],
-                        labels.clone())
-
-    data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), n_cls, [])
     torch.manual_seed(0)
-    m = get_method_class("clib", iblurry=True)(cfg, data, torch.device("cpu"))
+    m = synthetic_method(argv, n_cls, per_cls)
+    n = n_cls * per_cls
     m.before_task(0, torch.arange(n), torch.arange(n))
     return m
 
