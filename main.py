@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from configuration.config import ConfigError, base_parser, resolve
-from configuration.validate import check_against_data, check_classes, check_world, grey_fold_unused, unused_flags
+from configuration.validate import (check_against_data, check_classes, check_device_flags, check_world,
+                                    grey_fold_unused, unused_flags)
 from methods import build_method, get_method_class, method_names
 from methods.trainer import DivergedError, Settings, Trainer
 from utils.data.decode import DataError
@@ -59,7 +60,7 @@ def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     set_seed(cfg.rnd_seed)
     root = Path(cfg.data_dir) / cfg.dataset
     train, test, info = load_splits(root, cfg.dataset, device, cfg.data_budget_gb, cfg.input_size, not cfg.no_cache,
-                                    cfg.n_worker)
+                                    cfg.n_worker, cfg.decode_device)
     n_classes = len(train.classes)
     spec = parse_iblurry(cfg.exp_name)
     if spec is not None:  # i-Blurry: CLIB-format split files, labels by order of appearance
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         ignored = unused_flags(args)
         cfg = resolve(args)
         check_world(cfg, dist.env_world())
+        own_step = not get_method_class(cfg.mode, parse_iblurry(cfg.exp_name) is not None).graph_step_ok()
+        ignored += check_device_flags(cfg, torch.cuda.is_available(), own_step)
         if not cfg.dry_run:
             dist.init(resolve_device(cfg.device).type, cfg.dist_timeout)
             dist.stop_on_sigterm()

@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from main import set_seed  # noqa: E402
 from methods.evaluation import EVAL_BATCH  # noqa: E402
+from methods.graph_step import AMP_CHOICES, COMPILE_CHOICES, GraphStep, autocast, compile_engine  # noqa: E402
 from methods.optim import make_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data.augment import TrainAugment, normalize  # noqa: E402
@@ -46,9 +47,16 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def sgd_step(model, opt, x, y) -> None:
+def sgd_step(model, opt, x, y, graph: GraphStep | None = None, amp: str = "off") -> None:
+    """One SGD step: eager, or forward + loss + backward through ``graph`` (methods.graph_step, as main.py's
+    --compile runs the base step), under --amp's autocast."""
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with autocast(x.device, amp):
+        if graph is not None and graph.takes(x):
+            loss = graph(model, x, y, y, 1.0)[0]
+        else:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
     opt.step()
 
 
@@ -58,17 +66,18 @@ def fresh_model(dev: torch.device, seed: int):
     return model, make_optimizer("sgd", 0.05, model, "cos")[0]
 
 
-def timed_train(batches, model, opt, a, dev: torch.device, timed_batches=None) -> float:
-    """Seconds for a.steps SGD steps after a.warmup; `batches` yields (x, y) already on the device
-    (``timed_batches``, when given, feeds the timed steps)."""
+def timed_train(batches, model, opt, a, dev: torch.device, timed_batches=None, graph: GraphStep | None = None,
+                amp: str = "off") -> float:
+    """Seconds for a.steps SGD steps after a.warmup (which also compiles ``graph``); `batches` yields (x, y)
+    already on the device (``timed_batches``, when given, feeds the timed steps)."""
     model.train()
     for _ in range(a.warmup):
-        sgd_step(model, opt, *next(batches))
+        sgd_step(model, opt, *next(batches), graph, amp)
     sync(dev)
     batches = batches if timed_batches is None else timed_batches
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        sgd_step(model, opt, *next(batches))
+        sgd_step(model, opt, *next(batches), graph, amp)
     sync(dev)
     return time.perf_counter() - t0
 
@@ -88,8 +97,12 @@ def timed_eval(batches, model, dev: torch.device) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def run_ours(images: torch.Tensor, labels: torch.Tensor, a, dev: torch.device) -> tuple[float, float, int]:
+def run_ours(images: torch.Tensor, labels: torch.Tensor, a, dev: torch.device,
+             compile_choice: str) -> tuple[float, float, int]:
+    """Our pipeline; its step eager or compiled (``compile_choice``: main.py's --compile), with --amp and
+    --channels_last."""
     images, labels = images.to(dev), labels.to(dev)
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     aug = TrainAugment(["autoaug"] if a.autoaug else [], MEAN, STD)
 
     # as the methods do (methods/base.py run_epoch): one augmentation call per chunk of whole
@@ -103,16 +116,21 @@ def run_ours(images: torch.Tensor, labels: torch.Tensor, a, dev: torch.device) -
             perm = perm[:len(perm) // a.batch * a.batch]
             for c in range(0, len(perm), per_call):
                 idx = perm[c:c + per_call]
-                x_all, y_all = aug(images[idx]), labels[idx]
+                x_all, y_all = aug(images[idx]).contiguous(memory_format=fmt), labels[idx]
                 for s in range(0, len(idx), a.batch):
                     yield x_all[s:s + a.batch], y_all[s:s + a.batch]
 
     model, opt = fresh_model(dev, a.seed)
-    train_s = timed_train(train_batches(), model, opt, a, dev, timed_batches=train_batches())
+    model = model.to(memory_format=fmt)
+    engine = compile_engine(compile_choice, dev)
+    graph = None if engine is None else GraphStep(engine, (a.batch,), dev, a.amp)
+    train_s = timed_train(train_batches(), model, opt, a, dev, timed_batches=train_batches(), graph=graph,
+                          amp=a.amp)
     test_x, test_y = images[:a.eval_samples], labels[:a.eval_samples]
-    evals = ((normalize(test_x[s:s + EVAL_BATCH], MEAN, STD), test_y[s:s + EVAL_BATCH])
+    evals = ((normalize(test_x[s:s + EVAL_BATCH], MEAN, STD).contiguous(memory_format=fmt), test_y[s:s + EVAL_BATCH])
              for s in range(0, a.eval_samples, EVAL_BATCH))
-    return (train_s, *timed_eval(evals, model, dev))
+    with autocast(dev, a.amp):
+        return (train_s, *timed_eval(evals, model, dev))
 
 
 def run_baseline(images: np.ndarray, labels: np.ndarray, a, dev: torch.device) -> tuple[float, float, int]:
@@ -154,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="our pipeline: samples per augmentation call (whole batches; the methods use "
                         f"{AUG_CHUNK}); --aug_chunk 0 augments each batch on its own")
     p.add_argument("--skip_baseline", action="store_true")
+    p.add_argument("--compile", nargs="+", default=["auto"], choices=COMPILE_CHOICES,
+                   help="our step as main.py's --compile runs it; several: one row each (auto: CUDA graphs on a GPU, "
+                        "eager on the CPU); the warm-up steps compile")
+    p.add_argument("--amp", default="off", choices=AMP_CHOICES, help="ours: main.py's --amp")
+    p.add_argument("--channels_last", action="store_true", help="ours: model and batches in channels_last")
     a = p.parse_args(argv)
     if a.n < a.batch or a.steps < 1 or a.warmup < 0 or a.eval_samples < 1 or a.workers < 0 or a.aug_chunk < 0:
         p.error("need --n >= --batch, --steps >= 1, --warmup >= 0, --eval_samples >= 1, --workers >= 0, "
@@ -173,18 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: n {a.n} | batch {a.batch} | steps {a.steps} after {a.warmup} warm-up | eval {a.eval_samples} "
           f"samples in batches of {EVAL_BATCH} | augment crop4+flip{'+autoaug' if a.autoaug else ''}, ours "
           f"{a.per_call} samples per call | baseline workers {a.workers}")
-    results = {"ours": run_ours(images, labels, a, dev)}
+    results = {("ours" if len(a.compile) == 1 else f"ours:{c}"): run_ours(images, labels, a, dev, c)
+               for c in a.compile}
+    print(f"ours: --compile {' / '.join(a.compile)} ({dev.type}: "
+          f"{' / '.join(str(compile_engine(c, dev) or 'eager') for c in a.compile)}) | --amp {a.amp} | "
+          f"{'channels_last' if a.channels_last else 'contiguous (NCHW)'}")
     if not a.skip_baseline:
         results["baseline"] = run_baseline(images.numpy(), labels.numpy(), a, dev)
-    print(f"{'pipeline':<10}{'train samples/s':>17}{'eval samples/s':>16}{'ms/step':>10}")
+    w = max(10, *(len(k) + 2 for k in results))
+    print(f"{'pipeline':<{w}}{'train samples/s':>17}{'eval samples/s':>16}{'ms/step':>10}")
     rates = {}
     for k, (train_s, eval_s, n_eval) in results.items():
         assert n_eval == a.eval_samples, (k, n_eval)
         rates[k] = (a.steps * a.batch / train_s, n_eval / eval_s)
-        print(f"{k:<10}{rates[k][0]:>17.0f}{rates[k][1]:>16.0f}{1000 * train_s / a.steps:>10.2f}")
+        print(f"{k:<{w}}{rates[k][0]:>17.0f}{rates[k][1]:>16.0f}{1000 * train_s / a.steps:>10.2f}")
     if "baseline" in rates:
-        (ot, oe), (bt, be) = rates["ours"], rates["baseline"]
-        print(f"ours/baseline: train {ot / bt:.2f}x | eval {oe / be:.2f}x")
+        bt, be = rates["baseline"]
+        for k in (k for k in rates if k != "baseline"):
+            print(f"{k}/baseline: train {rates[k][0] / bt:.2f}x | eval {rates[k][1] / be:.2f}x")
     return 0
 
 

@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import pickle
+import shlex
 import shutil
 import sys
 import tarfile
@@ -278,10 +279,13 @@ def load_fashion(src: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 class Probe:
     """What the results file does not hold: optimizer steps per training phase (the batches the trainer ran) and
     the peak allocated CUDA memory per phase, nested phases apart (the running phase's peak is folded in before a
-    nested one starts, then the counter is reset); peaks only on CUDA."""
+    nested one starts, then the counter is reset); peaks only on CUDA. With ``profile``, the first epoch of each
+    training phase and the first evaluation run under torch.profiler: ``profiles`` holds each one's top operators."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, profile: bool = False) -> None:
         self.on = device.type == "cuda"
+        self.profile = profile
+        self.profiles: dict[str, str] = {}
         self.peak: dict[str, int] = {}
         self.steps: dict[str, int] = defaultdict(int)
         self.stack: list[str] = []
@@ -312,6 +316,32 @@ class Probe:
     def mib(self, name: str) -> float | None:
         return self.peak[name] / 2 ** 20 if name in self.peak else None
 
+    @contextmanager
+    def profiled(self, name: str) -> Iterator[None]:
+        """Profile the block when ``profile`` is on and ``name`` has no profile yet."""
+        if not self.profile or name in self.profiles:
+            yield
+            return
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * self.on
+        with profile(activities=acts) as prof:
+            yield
+        if self.on:
+            torch.cuda.synchronize()
+        self.profiles[name] = profile_line(prof, self.on)
+
+
+def profile_line(prof, cuda: bool, top: int = 4) -> str:
+    """The operators that dominate a profiled block: share of self CPU time (and of self CUDA time on a GPU)."""
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    parts = []
+    for label, attr in [("self CPU", "self_cpu_time_total")] + [("self CUDA", "self_device_time_total")] * cuda:
+        total = sum(getattr(e, attr, 0) for e in events) or 1
+        best = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+        parts.append(f"{label} {total / 1e3:.0f} ms: " + ", ".join(
+            f"{e.key} {100 * getattr(e, attr, 0) / total:.0f}% ({e.count}x)" for e in best))
+    return " | ".join(parts)
+
 
 def probed_trainer(base: type, probe: Probe) -> type:
     """``base`` (methods.trainer.Trainer) with each timed hook and each evaluation inside ``probe.phase`` and the
@@ -323,12 +353,13 @@ def probed_trainer(base: type, probe: Probe) -> type:
                 return super().timed(phase, fn, *args)
 
         def evaluate(self, test_idx: torch.Tensor) -> dict:
-            with probe.phase("evaluation"):
+            with probe.phase("evaluation"), probe.profiled("evaluation"):
                 return super().evaluate(test_idx)
 
         def run_epoch(self, phase: str, epoch: int, batches: list[torch.Tensor]) -> tuple[float, float]:
             probe.steps[PHASE_TIMER[phase]] += len(batches)
-            return super().run_epoch(phase, epoch, batches)
+            with probe.profiled(PHASE_TIMER[phase]):
+                return super().run_epoch(phase, epoch, batches)
 
     return ProbedTrainer
 
@@ -348,15 +379,16 @@ def run_argv(p: Protocol, a: argparse.Namespace, data_dir: Path, out_dir: Path) 
     if a.epochs:
         flags["--n_epoch"] = str(a.epochs)
     flags.update({"--eval_epochs": a.eval_epochs or ("last_task" if a.quick else "all"), "--rnd_seed": str(a.seed),
+                  "--compile": a.compile, "--amp": a.amp,
                   "--device": a.device, "--data_dir": str(data_dir), "--out_dir": str(out_dir),
                   "--run_name": f"bench_{p.name}"})
-    return flags_to_argv(flags)
+    return flags_to_argv(flags) + shlex.split(a.extra)
 
 
-def run_main(argv: list[str], device: torch.device) -> tuple[int, float, Probe]:
+def run_main(argv: list[str], device: torch.device, profile: bool = False) -> tuple[int, float, Probe]:
     """main.main(argv) in this process with the probed trainer in main's place; exit code, seconds, the probe."""
     gc.collect()  # the previous protocol's tensors, before this run's peaks are read
-    probe = Probe(device)
+    probe = Probe(device, profile)
     plain = rm_main.Trainer
     rm_main.Trainer = probed_trainer(plain, probe)
     t0 = time.perf_counter()
@@ -395,7 +427,7 @@ def bench_one(p: Protocol, a: argparse.Namespace, src: Path, device: torch.devic
     out_dir = work / "runs" / p.name
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: results/<dataset>/bench_<name>.json is this run's
     argv = run_argv(p, a, work / "data", out_dir) + ["--dry_run"] * a.dry_run
-    rc, main_s, probe = run_main(argv, device)
+    rc, main_s, probe = run_main(argv, device, a.profile)
     fig = {"title": p.title, "quick": a.quick, "note": p.note, "data": data_line, "stand_in": asdict(d),
            "prepare_s": prep_s, "command": "python main.py " + " ".join(argv), "exit_code": rc, "main_s": main_s,
            "peak_gpu_mib_run": probe.overall / 2 ** 20 if probe.on else None}
@@ -409,7 +441,8 @@ def bench_one(p: Protocol, a: argparse.Namespace, src: Path, device: torch.devic
     phases = phase_figures(res, probe)
     other = res["wall_time_s"] - sum(v["time_s"] for v in phases.values())
     return {**fig, "ok": True, "results": str(res_file), "batchsize": batch, "n_epoch": res["config"]["n_epoch"],
-            "eval_epochs": res["config"]["eval_epochs"], "phases": phases, "other_s": other,
+            "eval_epochs": res["config"]["eval_epochs"], "compile": a.compile, "amp": a.amp,
+            "profiles": probe.profiles, "phases": phases, "other_s": other,
             "wall_time_s": res["wall_time_s"], "A_last": res["A_last"], "A_last_final": res["A_last_final"],
             "device": res["device"]}
 
@@ -443,7 +476,10 @@ def print_table(f: dict) -> None:
     print(f"{'other (start-up, data)':<22}{f['other_s']:>10.2f}")
     print(f"{'run (wall_time_s)':<22}{f['wall_time_s']:>10.2f}{'':>41}{cell(f['peak_gpu_mib_run'], '.0f', 14)}")
     print(f"   A_last {f['A_last']:.2f} | A_last_final {f['A_last_final']:.2f} (stand-in: sanity check only) | "
-          f"batch {f['batchsize']}, {f['n_epoch']} epoch(s), --eval_epochs {f['eval_epochs']} | {f['results']}")
+          f"batch {f['batchsize']}, {f['n_epoch']} epoch(s), --eval_epochs {f['eval_epochs']}, --compile "
+          f"{f['compile']}, --amp {f['amp']} | {f['results']}")
+    for phase, line in f["profiles"].items():
+        print(f"   profile of the first {phase.replace('_', ' ')} (its time above includes the profiler): {line}")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -459,6 +495,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval_epochs", choices=["all", "last_task"], default=None,
                    help="main.py's --eval_epochs (default: all, the protocol; --quick: last_task)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compile", choices=["auto", "off", "graphs", "inductor"], default="auto",
+                   help="main.py's --compile (auto: CUDA graphs on a GPU, eager on the CPU)")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off", help="main.py's --amp")
+    p.add_argument("--extra", default="", metavar="FLAGS",
+                   help="further main.py flags for every run, as one string: --extra='--decode_device cuda "
+                        "--data_budget_gb 0'")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the first epoch of each training phase and the first evaluation; print their top "
+                        "operators (those phases' times then include the profiler's overhead)")
     p.add_argument("--rebuild", action="store_true", help="write the stand-in data again")
     p.add_argument("--dry_run", action="store_true",
                    help="make the stand-ins and check each run with main.py --dry_run; no training, no figures")

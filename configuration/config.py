@@ -17,6 +17,7 @@ from configuration.validate import (
     range_help,
 )
 from methods import get_method_class, method_names
+from methods.graph_step import AMP_CHOICES, COMPILE_CHOICES
 from methods.memory import MANAGERS
 from methods.optim import OPTIMIZERS, SCHEDULERS
 from models import MODELS
@@ -140,6 +141,18 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "
                                       "while the others wait)"))
+    a("--compile", default="auto", choices=COMPILE_CHOICES,
+      help="the training step (forward, loss, backward) of rm, finetune, gdumb and joint as compiled graphs at "
+           "full batches: 'graphs' replays them as CUDA graphs (CUDA only), 'inductor' compiles kernels "
+           "(CUDA graphs of them on a GPU), 'auto' is graphs on CUDA and eager on the CPU, 'off' eager; the "
+           "numbers agree with the eager step's within float rounding (README: compiled steps)")
+    a("--amp", default="off", choices=AMP_CHOICES,
+      help="'bf16': training steps and evaluation under bfloat16 autocast (faster on a GPU; the numbers are no "
+           "longer comparable with the public code's fp32); 'off': fp32")
+    a("--decode_device", default="cpu", choices=["cpu", "auto", "cuda"],
+      help="where a streamed split's JPEGs are decoded (see --data_budget_gb): 'cpu' in --n_worker processes "
+           "(libjpeg, the in-memory path's pixels to the byte), 'cuda' on the GPU in batches (nvjpeg: faster, "
+           "pixels may differ from libjpeg's by a few levels), 'auto' the GPU when the run is on CUDA")
     a("--no_cache", action="store_true", help="do not read or write the decoded-image cache")
     a("--input_size", type=int, metavar="N",
       help=range_help("input_size", "resize every image to N x N (bilinear, antialiased); default: the images' own "

@@ -132,6 +132,23 @@ def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool)
                           "samples of a step cannot be more than its batch")
 
 
+def check_device_flags(cfg: argparse.Namespace, cuda: bool, own_step: bool) -> list[str]:
+    """--compile and --decode_device against the machine (``cuda``: a GPU is there) and the method (``own_step``:
+    it trains with its own step, which stays eager); returns the log's notes on what they leave unchanged."""
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+    if cfg.compile == "graphs" and device != "cuda":
+        raise ConfigError("--compile graphs replays CUDA graphs and needs a CUDA device; on the CPU use --compile "
+                          "inductor (compiled C++ kernels) or off")
+    if cfg.decode_device == "cuda" and device != "cuda":
+        raise ConfigError("--decode_device cuda decodes JPEGs on the run's GPU and needs a CUDA device (--device "
+                          "cuda, or auto with a GPU); use --decode_device cpu or auto")
+    notes = []
+    if cfg.compile in ("graphs", "inductor") and own_step:
+        notes.append(f"--compile {cfg.compile}: --mode {cfg.mode} trains with its own step, which runs eagerly "
+                     "(the compiled step is the base step of rm, finetune, gdumb and joint)")
+    return notes
+
+
 def check_world(cfg: argparse.Namespace, world: int) -> None:
     """Under torchrun (``world`` processes): --batchsize is the global batch and is split evenly over the
     ranks; iCaRL's cutmix runs a second forward pass on each rank's own new-class rows, whose count

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.memory import Featurizer, MemoryManager, build_manager, model_featurizer
+from methods.graph_step import GraphStep, autocast, compile_engine
 from methods.memory.uncertainty import vote_uncertainty
 from methods.optim import make_optimizer
 from models import build_model
@@ -60,6 +61,25 @@ class Method:
         self.scheduler = None
         self.samples: dict[str, int] = {}  # work beyond training and evaluation (uncertainty views, ...)
         self._net: tuple[tuple, nn.Module] | None = None  # (what it was built for, the data-parallel model)
+        self.amp = getattr(cfg, "amp", "off")
+        engine = compile_engine(getattr(cfg, "compile", "off"), device)
+        self.graph = GraphStep(engine, self.graph_sizes(), device, self.amp) \
+            if engine is not None and self.graph_step_ok() and not dist.info().active else None
+
+    def graph_sizes(self) -> tuple[int, ...]:
+        """The whole-batch sizes of this method's steps, each a compiled graph (methods.graph_step)."""
+        return (self.cfg.batchsize,)
+
+    @classmethod
+    def graph_step_ok(cls) -> bool:
+        """Whether this method's step can run as a compiled graph (methods.graph_step): the base step and
+        loss (a method with its own step or loss takes the eager step)."""
+        return (cls.train_step is Method.train_step and cls.criterion is Method.criterion
+                and cls.extra_loss is Method.extra_loss)
+
+    def autocast(self):
+        """The context of a training step and an evaluation: bf16 autocast with --amp bf16, else none."""
+        return autocast(self.device, self.amp)
 
     def memory_size(self) -> int:
         return self.cfg.memory_size
@@ -153,11 +173,16 @@ class Method:
         self.optimizer.zero_grad(set_to_none=True)
         if self.cutmix and np.random.rand() < 0.5:
             xm, ya, yb, lam = cutmix(x, y, alpha=1.0)
-            logits = self.net(xm)
-            loss = lam * self.criterion(logits, ya) + (1 - lam) * self.criterion(logits, yb)
         else:
+            xm, ya, yb, lam = x, y, None, 1.0
+        if self.graph is not None and self.graph.takes(xm):  # base methods only: criterion and extra_loss are ours
+            loss, logits = self.graph(self.model, xm, ya, ya if yb is None else yb, lam)
+        elif yb is None:
             logits = self.net(x)
             loss = self.criterion(logits, y)
+        else:
+            logits = self.net(xm)
+            loss = lam * self.criterion(logits, ya) + (1 - lam) * self.criterion(logits, yb)
         extra_loss = self.extra_loss(x, y, logits)
         if extra_loss is not None:
             loss = loss + extra_loss

@@ -50,7 +50,8 @@ class GDumbiBlurry(ER):
         for epoch in range(self.cfg.n_epoch):
             warm_start_lr(self.optimizer, self.scheduler, self.cfg.lr, epoch)
             for b in trainable(shuffled_batches(self.memory.indices, self.cfg.batchsize, drop_last=False), self.model):
-                Method.train_step(self, self.train_aug(imgs[b]), labels[b])
+                with self.autocast():
+                    Method.train_step(self, self.train_aug(imgs[b]), labels[b])
                 n += len(b)
         self.count("memory_training", n)
         self.model.eval()

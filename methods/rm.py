@@ -14,6 +14,10 @@ class RainbowMemory(Method):
 
     default_memory = "uncertainty"
 
+    def graph_sizes(self) -> tuple[int, ...]:
+        """Whole batches: B in the stream pass, B//2 in the memory epochs."""
+        return (self.cfg.batchsize, self.cfg.batchsize // 2)
+
     def epoch_batches(self, phase: str) -> list[torch.Tensor]:
         """Stream pass: each batch = (B - B//2) stream samples (last partial batch dropped) +
         B//2 memory samples (memory reshuffled on every cycle); with an empty memory, full

@@ -109,6 +109,9 @@ class Trainer:
             self.run_task(t)
             if on_task_done is not None:
                 on_task_done(t)
+        g = self.method.graph
+        if g is not None:
+            logger.info("Compiled step (%s): %d steps through %d build(s); the rest eager", g.engine, g.steps, g.builds)
         return {**self.rec, "phase_time_s": {**self.timers, "evaluation": self.eval_time},
                 "phase_samples": {**self.samples, **self.method.samples}}
 
@@ -198,7 +201,8 @@ class Trainer:
             m.model.train()
             for _ in range(m.steps_due(self.counter, end - start)):
                 batch = m.replay_batch(temp)
-                loss, logits, y = m.train_step(m.train_aug(imgs[batch]), labels[batch], batch, None)
+                with m.autocast():
+                    loss, logits, y = m.train_step(m.train_aug(imgs[batch]), labels[batch], batch, None)
                 total_loss += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
                 n_seen, n_acc, n_steps = n_seen + len(batch), n_acc + len(y), n_steps + 1
@@ -328,7 +332,8 @@ class Trainer:
             for b in batches[i:j]:
                 s = len(b)
                 extra = None if extras is None else {key: v[o:o + s] for key, v in extras.items()}
-                loss, logits, y = m.train_step(x_all[o:o + s], y_all[o:o + s], b, extra)
+                with m.autocast():
+                    loss, logits, y = m.train_step(x_all[o:o + s], y_all[o:o + s], b, extra)
                 total_loss += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
                 n_seen += s
@@ -361,9 +366,10 @@ class Trainer:
         m.before_eval()
         if m.sample_wise:  # GDumb's training on the memory, BiC's bias layer: part of the evaluation's time
             self.timers["eval_training"] += time.perf_counter() - t0
-        out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels,
-                       dist.shard(test_idx), self.data.n_classes, self.settings.topk,
-                       reduce=dist.all_sum if dist.info().active else None, n_total=len(test_idx))
+        with m.autocast():
+            out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels,
+                           dist.shard(test_idx), self.data.n_classes, self.settings.topk,
+                           reduce=dist.all_sum if dist.info().active else None, n_total=len(test_idx))
         self.eval_time += time.perf_counter() - t0
         self.samples["evaluation"] += len(test_idx)
         return out

@@ -6,6 +6,10 @@
 #        bash scripts/gpu_check.sh [LOG_DIR]
 # Each step's whole log goes to LOG_DIR/<step>.log (and is appended to $ALL_LOG when set), its tail
 # to the terminal. ONLY="step names" runs those steps alone; DEVICE=cpu tries the script without a GPU.
+# One session has 15 device minutes (start-up included) and 10 per call: GROUP=issue15_train (about 6 min: compiled
+# steps against eager, bench_cifar eager/graphs/bf16/channels_last, CIFAR-10 protocol eager and graphs, MNIST RM with
+# graphs) and GROUP=issue15_data (about 5 min: GPU JPEG decoding against 8 and 16 processes, 4 MNIST runs packed
+# against one at a time, the ImageNet-shaped protocol with GPU decoding) pick the compiled-step issue's checks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -15,6 +19,13 @@ SHARED=${RM_SHARED:-../shared}
 WORK=$(mktemp -d /tmp/gpu_check.XXXX)
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
+case "${GROUP:-}" in
+  issue15_train) ONLY="graph_tests bench_cifar_graphs bench_cifar_bf16 bench_cifar_cl protocol_c10_eager
+                       protocol_c10_graphs prepare_mnist mnist_rm_graphs" ;;
+  issue15_data) ONLY="bench_stream_decoders prepare_mnist pack_mnist_1 pack_mnist_4 protocol_in_gpu_decode" ;;
+  "") ;;
+  *) echo "unknown GROUP '$GROUP' (issue15_train, issue15_data)"; exit 2 ;;
+esac
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log, report its status and wall time
   local name=$1 limit=$2; shift 2
@@ -33,11 +44,29 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log, report its sta
 nvidia-smi -L || true
 $PY -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 step cuda_tests 120 $PY -m pytest -q -p no:cacheprovider -k "cuda" tests
+# compiled steps (50 captured steps, each against the eager step; step times) and GPU JPEG decoding (differences)
+step graph_tests 240 $PY -m pytest -q -p no:cacheprovider -s -k cuda tests/test_graph_step.py \
+  tests/test_device_decode.py
+step bench_cifar_graphs 150 $PY benchmarks/bench_cifar.py --device $DEV --workers 8 --autoaug --compile off graphs
+step bench_cifar_bf16 90 $PY benchmarks/bench_cifar.py --device $DEV --skip_baseline --autoaug --compile off graphs \
+  --amp bf16
+step bench_cifar_cl 90 $PY benchmarks/bench_cifar.py --device $DEV --skip_baseline --autoaug --compile off graphs \
+  --channels_last
 step bench_cifar 150 $PY benchmarks/bench_cifar.py --device $DEV --workers 8
 step bench_cifar_b256 120 $PY benchmarks/bench_cifar.py --device $DEV --workers 8 --batch 256 --steps 100 --warmup 10
 if [ -f "$SHARED/datasets/mnist/train-images-idx3-ubyte.gz" ]; then
   step prepare_mnist 120 $PY -m utils.prepare --dataset mnist --source "$SHARED/datasets/mnist" \
     --data_dir "$WORK/dataset" --workers 8
+  # RM on MNIST with its step as CUDA graphs (target: <= 10 s); then 4 RM runs one at a time and packed 4 at a time
+  step mnist_rm_graphs 120 $PY main.py --mode rm --transforms cutmix autoaug --dataset mnist \
+    --data_dir "$WORK/dataset" --out_dir "$WORK/out" --run_name gpu_rm_graphs \
+    --collections_dir "$SHARED/collections/mnist" --exp_name blurry10 --stream_env online --rnd_seed 1 \
+    --device $DEV --compile graphs
+  for k in 1 4; do
+    step "pack_mnist_$k" 200 env SEEDS="1 2 3 4" MODES=rm DATASET=mnist JOBS=$k THREADS=4 PY=$PY \
+      COLLECTIONS="$SHARED/collections/mnist" OUT_DIR="$WORK/pack$k" EXTRA="--data_dir $WORK/dataset --device $DEV" \
+      bash experiment.sh
+  done
   # the MNIST column's rows as benchmarks/mnist_study.py runs them (presets from the public scripts)
   for m in rm ewc gdumb; do
     aug=(); [ "$m" = rm ] && aug=(cutmix autoaug)
@@ -67,6 +96,19 @@ step protocol_cifar10 300 $PY benchmarks/bench_protocol.py --device $DEV --fashi
   --only cifar10 --epochs 16 --eval_epochs last_task
 step protocol_imagenet 240 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" --out "$WORK/protocol_in" \
   --only imagenet
-for p in quick c10 in; do cp "$WORK/protocol_$p/bench_protocol.json" "$LOGS/protocol_$p.json" 2>/dev/null || true; done
+# the same CIFAR-10 protocol eager and with CUDA graphs, each phase's first epoch profiled
+for c in eager graphs; do
+  step "protocol_c10_$c" 240 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" \
+    --out "$WORK/protocol_c10_$c" --only cifar10 --epochs 16 --eval_epochs last_task \
+    --compile "$([ $c = eager ] && echo off || echo graphs)" --profile
+done
+step bench_stream_decoders 300 $PY benchmarks/bench_stream.py --device $DEV --root "$WORK/stream" --n 8192 \
+  --chunk 1024 --decoders pool8,pool16,device
+step protocol_in_gpu_decode 240 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" \
+  --out "$WORK/protocol_in_dec" --only imagenet --profile \
+  --extra="--decode_device $([ "$DEV" = cuda ] && echo cuda || echo cpu) --data_budget_gb 0"
+for p in quick c10 in c10_eager c10_graphs in_dec; do
+  cp "$WORK/protocol_$p/bench_protocol.json" "$LOGS/protocol_$p.json" 2>/dev/null || true
+done
 step test_suite 240 env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rf -n 8 tests
 rm -rf "$WORK"

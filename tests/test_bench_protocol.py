@@ -34,7 +34,7 @@ def quick(tmp_path_factory) -> tuple[str, dict, Path]:
     if not any((FASHION_SRC / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz")):
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_SRC}")
     out = tmp_path_factory.mktemp("bench_protocol")
-    p = bench(out, "--quick", "--device", "cpu", "--fashion", str(FASHION_SRC))
+    p = bench(out, "--quick", "--device", "cpu", "--fashion", str(FASHION_SRC), "--profile")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout, json.loads((out / "bench_protocol.json").read_text()), out
 
@@ -58,6 +58,12 @@ def test_every_protocol_runs_every_phase(quick):
         assert f["wall_time_s"] > sum(v["time_s"] for v in f["phases"].values()) and f["other_s"] > 0
         assert isinstance(f["A_last"], float) and 0 <= f["A_last"] <= 100, (name, f["A_last"])
         assert f["n_epoch"] == 1 and f["eval_epochs"] == "last_task" and f["peak_gpu_mib_run"] is None
+        assert (f["compile"], f["amp"]) == ("auto", "off")
+        # --profile: the top operators of each phase's first epoch and of the first evaluation (CPU times only)
+        assert set(f["profiles"]) == {"stream_pass", "memory_epochs", "evaluation"}, f["profiles"]
+        for line in f["profiles"].values():
+            assert re.fullmatch(r"self CPU \d+ ms: .+ \d+% \(\d+x\)", line), line
+        assert "aten::" in f["profiles"]["stream_pass"]
 
 
 def test_runs_went_through_main_with_the_protocol_flags(quick):

@@ -107,3 +107,17 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     want = (random.random(), np.random.randn(), np.random.rand(), torch.rand(3).tolist())
     checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.randn(), np.random.rand(), torch.rand(3).tolist()) == want
+
+
+def test_speed_flags_may_change_on_resume_and_older_checkpoints_mean_fp32(tmp_path):
+    """--compile and --decode_device change speed (and float rounding), so a resumption may change them; --amp
+    changes the arithmetic, so it may not; a checkpoint written before --amp existed ran fp32."""
+    path = tmp_path / "ck.pt"
+    old = {"mode": "rm", "lr": 0.05}  # written before --compile, --decode_device and --amp existed
+    checkpoint.save(path, {"config": old, "task": 0})
+    now = {**old, "compile": "graphs", "decode_device": "cuda", "amp": "off"}
+    assert checkpoint.load(path, now)["task"] == 0
+    with pytest.raises(checkpoint.CheckpointError, match="amp: 'off' -> 'bf16'"):
+        checkpoint.load(path, {**now, "amp": "bf16"})
+    checkpoint.save(path, {"config": checkpoint.comparable(now), "task": 1})
+    assert checkpoint.load(path, {**now, "compile": "off", "decode_device": "cpu"})["task"] == 1

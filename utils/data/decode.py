@@ -28,13 +28,14 @@ def _torchvision_format(data: bytes) -> bool:
 
 
 def rgb_to_grey(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [3,H,W] -> [1,H,W] with PIL's convert('L') integer formula (ITU-R 601-2 luma)."""
-    r, g, b = x.to(torch.int32).unbind(0)
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]
+    """uint8 [..., 3, H, W] -> [..., 1, H, W] with PIL's convert('L') integer formula (ITU-R 601-2
+    luma); a batch [N, 3, H, W] at once (the device decoder), on any device."""
+    r, g, b = x.to(torch.int32).unbind(-3)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8).unsqueeze(-3)
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [C,H,W] -> [C,size,size]: bilinear with antialiasing (torchvision v2 on uint8)."""
+    """uint8 [..., C, H, W] -> [..., C, size, size]: bilinear with antialiasing (torchvision v2 on uint8)."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
     return TF.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)

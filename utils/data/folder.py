@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from utils.data.decode import IMAGE_EXTS, ConversionLog, DataError, probe, read_image, size_mismatch_error, target_size
+from utils.data.device_decode import check_decode_device
 from utils.data.stats import mean_std, pixel_sums
 from utils.data.streaming import StreamingImages, decode_into, pool_size, scan_split
 
@@ -231,13 +232,16 @@ def _load_in_memory(root: Path, split: str, size: int | None, use_cache: bool, f
 
 
 def load_split(root: Path, split: str, size: int | None = None, use_cache: bool = True, budget: int | None = None,
-               derive_stats: bool = False, n_workers: int = 0) -> ImageSet:
+               derive_stats: bool = False, n_workers: int = 0, decode_device: str = "cpu") -> ImageSet:
     """One split of an image folder. Its decoded size N*C*H*W is known from the first image's
     header (and ``size``, the --input_size). Within ``budget`` bytes (None: no limit) it is decoded
     once into a uint8 tensor and cached under ``root/.cache`` (rebuilt when files change); over
     the budget, its images are a StreamingImages decoding batches on demand in ``n_workers``
-    processes (0: automatic). ``derive_stats``: also the per-channel mean/std of the images,
-    cached next to the decoded cache with the same fingerprint."""
+    processes (0: automatic), or with ``decode_device`` "device" or "cuda" on the device the split is
+    bound to (JPEGs, batched; utils.data.streaming; "cpu": the processes; no effect in memory).
+    ``derive_stats``: also the per-channel mean/std of the images, cached next to the decoded cache
+    with the same fingerprint."""
+    check_decode_device(decode_device)
     classes, files, hidden = list_split(root, split)
     fp = fingerprint(root, files)
     mode, first_size = probe(root / files[0])
@@ -265,10 +269,11 @@ def load_split(root: Path, split: str, size: int | None = None, use_cache: bool 
                     **scan_split(root, split, files, mode, target, need_stats, n_workers)}
             if use_cache:
                 write_meta(meta_path, meta)
-        images = StreamingImages(root, files, mode, target, shape, n_workers)
+        images = StreamingImages(root, files, mode, target, shape, n_workers, decode_device=decode_device)
         s = ImageSet(images, files, classes, folder_labels(files, classes), conversions=meta["conversions"])
-        s.info = (f"{split}: {dims} > budget {fmt_bytes(budget)}: streamed from disk, decoded in "
-                  f"{pool_size(n_workers)} worker processes")
+        where = (f"{pool_size(n_workers)} worker processes" if decode_device == "cpu" else
+                 f"batches on the device (JPEGs; other formats in {pool_size(n_workers)} worker processes)")
+        s.info = f"{split}: {dims} > budget {fmt_bytes(budget)}: streamed from disk, decoded in {where}"
     s.skipped = hidden
     if s.conversions:
         s.info += f"; converted while decoding: {ConversionLog(s.conversions)}"

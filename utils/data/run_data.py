@@ -8,6 +8,7 @@ import torch
 
 from utils.data.datasets import facts, preparable
 from utils.data.decode import DataError
+from utils.data.device_decode import decode_on
 from utils.data.folder import ImageSet, fmt_bytes, load_split
 from utils.data.tasks import TaskStreams
 
@@ -62,14 +63,18 @@ def fmt_floats(v: tuple[float, ...]) -> str:
 
 
 def load_splits(root: Path, name: str, device: torch.device, budget_gb: float | None, input_size: int | None,
-                use_cache: bool, n_workers: int) -> tuple[ImageSet, ImageSet, str]:
+                use_cache: bool, n_workers: int, decode_device: str = "cpu") -> tuple[ImageSet, ImageSet, str]:
     """The train split and the test (or val) split of ``root``, checked to fit together; and a line
     saying how they were loaded. A dataset the table does not know gets statistics derived from its
-    training images."""
+    training images. ``decode_device`` (--decode_device), where a streamed split's JPEGs are decoded:
+    "cpu" in ``n_workers`` processes, "cuda" on the run's GPU (a DataError when ``device`` is not
+    CUDA), "auto" on the GPU when ``device`` is CUDA else as "cpu", "device" on ``device`` whatever it
+    is (utils.data.device_decode.decode_on)."""
+    decode_device = decode_on(decode_device, device)
     if not (root / "train").is_dir():
         raise DataError(dataset_missing_message(root, name))
     budget, budget_source = default_budget_bytes(device, budget_gb)
-    load = dict(size=input_size, use_cache=use_cache, n_workers=n_workers)
+    load = dict(size=input_size, use_cache=use_cache, n_workers=n_workers, decode_device=decode_device)
     train = load_split(root, "train", budget=budget, derive_stats=facts(name) is None, **load)
     test_split = "test" if (root / "test").is_dir() else "val"
     # the test split gets what the training split left of the budget

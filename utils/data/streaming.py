@@ -20,6 +20,19 @@ planned batch is served as usual and leaves the plan alone; a new plan replaces 
 A corrupt image raises the project's DataError naming the file when a batch first needs it,
 read ahead or not.
 
+Where the images are decoded (``decode_device``): "cpu" (the default) in the worker pool as
+above; "device" or "cuda" in the main process, on the device the split is bound to, the JPEGs of a
+batch's missing images in one batched torchvision decode_jpeg call (utils.data.device_decode: nvjpeg
+on CUDA; other formats and failures still go to the worker pool). "cuda" is "device" that insists
+on a CUDA binding (indexing a split bound elsewhere is an error); "device" on a CPU-bound split
+decodes with libjpeg in this process (the tests' way to run it: the same pixels as the pool; nvjpeg's
+may differ by a few levels). With the device decoder the batches and the LRU cache stay on the device
+(``cache_bytes`` of GPU memory on CUDA, allocated on first use), and read-ahead reads the planned
+batches' files in threads (the decoding itself waits for the request: it is synchronous); its
+``prefetched`` counts the images whose bytes were read ahead. ``decoded`` counts images decoded
+(cache misses) and ``served`` images returned, with either decoder. utils.data.run_data.load_splits
+also takes "auto" (the device when the run is on CUDA, else "cpu").
+
 The workers are spawned (not forked: the parent may hold CUDA and OpenMP state), so a script that
 calls main.main() itself needs the usual ``if __name__ == "__main__":`` guard.
 """
@@ -41,6 +54,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.data.decode import ConversionLog, DataError, conversions, read_image, size_mismatch_error
+from utils.data.device_decode import (DEVICE_CHUNK, SlabCache, check_decode_device, decode_jpegs, read_chunks,
+                                      read_files, readers)
 from utils.data.stats import mean_std
 
 DEFAULT_CACHE_BYTES = 256 << 20  # LRU of decoded images per split
@@ -228,7 +243,8 @@ class StreamingImages:
     ndim = 4
 
     def __init__(self, root: Path, files: list[str], mode: str, size: int | None, shape: tuple[int, int, int, int],
-                 n_workers: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = DEFAULT_PREFETCH) -> None:
+                 n_workers: int = 0, cache_bytes: int = DEFAULT_CACHE_BYTES, prefetch: int = DEFAULT_PREFETCH,
+                 decode_device: str = "cpu") -> None:
         self.root = str(root)
         self.files = list(files)
         self.mode = mode
@@ -237,6 +253,7 @@ class StreamingImages:
         if self.shape[0] != len(self.files):
             raise ValueError(f"shape {tuple(shape)} does not fit {len(self.files)} files")
         self.n_workers = n_workers
+        self.decode_device = check_decode_device(decode_device)  # "cpu": the worker pool; else the bound device
         self.device = torch.device("cpu")
         self.cache_items = cache_bytes // max(1, math.prod(self.shape[1:]))
         self._lru: OrderedDict[int, torch.Tensor] = OrderedDict()
@@ -244,23 +261,34 @@ class StreamingImages:
         self._plan: deque[torch.Tensor] = deque()  # planned index batches not yet asked for (CPU)
         self._ahead = 0  # how many of them have their decoding queued
         self._pending: dict[int, tuple[Future, int]] = {}  # index -> (decoding future, row in its chunk)
+        self._reading: dict[int, tuple[Future, int]] = {}  # device decoder: index -> (bytes future, row)
+        self._cache: SlabCache | None = None  # device decoder: the LRU, on the bound device
         self.decoded = 0  # images decoded so far (cache misses)
-        self.prefetched = 0  # of which decoded ahead, before their batch was asked for
+        self.prefetched = 0  # of which decoded (device decoder: read) ahead, before their batch was asked for
         self.served = 0  # images returned so far
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __repr__(self) -> str:
+        cached = len(self._cache or ()) if self.on_device else len(self._lru)
         return (f"StreamingImages({self.root}, shape={tuple(self.shape)}, device={self.device}, "
-                f"cached={len(self._lru)}/{self.cache_items})")
+                f"decode_device={self.decode_device}, cached={cached}/{self.cache_items})")
+
+    @property
+    def on_device(self) -> bool:
+        """Whether images are decoded on the bound device (else in the worker pool)."""
+        return self.decode_device != "cpu"
 
     def size(self, dim: int | None = None):
         return self.shape if dim is None else self.shape[dim]
 
     def to(self, device, non_blocking: bool = False) -> "StreamingImages":
         """Bind to ``device`` (batches are returned there); returns itself."""
-        self.device = torch.device(device)
+        device = torch.device(device)
+        if self._cache is not None and self._cache.device != device:
+            self._cache = None  # the device decoder's LRU lives on the old device
+        self.device = device
         return self
 
     # ------------------------------------------------------------------ read-ahead
@@ -276,15 +304,23 @@ class StreamingImages:
         self._queue_ahead(self.prefetch + 1)  # the first batch, and those after it
 
     def _drop_plan(self) -> None:
-        for fut, _ in self._pending.values():
+        for fut, _ in (*self._pending.values(), *self._reading.values()):
             fut.cancel()
         self._pending.clear()
+        self._reading.clear()
         self._plan.clear()
         self._ahead = 0
 
     def _submit(self, keys: list[int]) -> None:
-        """Queue the decoding of images ``keys`` (neither cached nor queued) in the worker pool."""
+        """Queue the decoding of images ``keys`` (neither cached nor queued) in the worker pool; with
+        the device decoder, the reading of their files in threads."""
         if not keys:
+            return
+        if self.on_device:
+            for c in read_chunks(keys):
+                fut = readers().submit(read_files, [os.path.join(self.root, self.files[k]) for k in c])
+                for row, k in enumerate(c):
+                    self._reading[k] = (fut, row)
             return
         pool = get_pool(self.n_workers)
         chw = tuple(self.shape[1:])
@@ -296,9 +332,14 @@ class StreamingImages:
     def _queue_ahead(self, n: int) -> None:
         """Queue the decoding of the first ``n`` planned batches (those not queued yet)."""
         while self._ahead < min(n, len(self._plan)):
-            self._submit([k for k in torch.unique(self._plan[self._ahead]).tolist()
-                          if k not in self._lru and k not in self._pending])
+            self._submit([k for k in torch.unique(self._plan[self._ahead]).tolist() if not self._queued(k)])
             self._ahead += 1
+
+    def _queued(self, k: int) -> bool:
+        """Whether image ``k`` is cached, or its decoding (device decoder: reading) queued."""
+        if self.on_device:
+            return k in self._reading or (self._cache is not None and k in self._cache)
+        return k in self._lru or k in self._pending
 
     def _advance(self, flat: torch.Tensor) -> None:
         """If ``flat`` is the next planned batch: take it off the plan and queue the decoding of
@@ -342,6 +383,8 @@ class StreamingImages:
 
     def __getitem__(self, idx) -> torch.Tensor:
         flat, lead = self._flat_indices(idx)
+        if self.on_device:
+            return self._serve_on_device(flat, lead)
         pin = self.device.type == "cuda"
         out = torch.empty((len(flat), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
         if len(flat):
@@ -384,3 +427,85 @@ class StreamingImages:
             while len(self._lru) > self.cache_items:
                 self._lru.popitem(last=False)
         return rows
+
+    # ------------------------------------------------------------------ the device decoder
+    def _serve_on_device(self, flat: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+        """__getitem__ with the device decoder: the batch is assembled on the bound device."""
+        if self.decode_device == "cuda" and self.device.type != "cuda":
+            raise ValueError(f"decode_device 'cuda' decodes on the CUDA device the images are bound to, but they "
+                             f"are bound to {self.device}: bind them with .to('cuda'), or use decode_device 'device'")
+        chw = tuple(self.shape[1:])
+        if len(flat):
+            self._advance(flat)
+            uniq, inverse = torch.unique(flat, return_inverse=True)
+            out = self._fetch_on_device(uniq.tolist()).index_select(0, inverse.to(self.device))
+        else:
+            out = torch.empty((0, *chw), dtype=torch.uint8, device=self.device)
+        self.served += len(flat)
+        return out.view(*lead, *chw)
+
+    def _fetch_on_device(self, keys: list[int]) -> torch.Tensor:
+        """Decoded images of distinct indices ``keys`` on the bound device, in that order: the cached
+        ones gathered from the LRU, the rest decoded now (and cached)."""
+        if self._cache is None:
+            self._cache = SlabCache(min(self.cache_items, len(self)), tuple(self.shape[1:]), self.device)
+        pos, hits = self._cache.get(keys)
+        if len(pos) == len(keys):
+            return hits
+        hit = set(pos)
+        todo = [j for j in range(len(keys)) if j not in hit]
+        new = self._decode_on_device([keys[j] for j in todo])
+        self._cache.put([keys[j] for j in todo], new)
+        if not pos:
+            return new
+        rows = torch.empty((len(keys), *self.shape[1:]), dtype=torch.uint8, device=self.device)
+        rows[torch.tensor(pos, device=self.device)] = hits
+        rows[torch.tensor(todo, device=self.device)] = new
+        return rows
+
+    def _decode_on_device(self, keys: list[int]) -> torch.Tensor:
+        """Images ``keys`` (none cached) decoded on the bound device, uint8 [len(keys), C, H, W]:
+        JPEGs by decode_jpeg in chunks of DEVICE_CHUNK, the rest (other formats, failures) in the
+        worker pool, whose DataError names a corrupt file."""
+        ahead = sum(k in self._reading for k in keys)
+        self._submit([k for k in keys if k not in self._reading])
+        datas = self._read_bytes(keys)
+        cpu_jobs = self._pool_jobs([i for i, d in enumerate(datas) if d is None], keys)  # started first
+        jpeg = [i for i, d in enumerate(datas) if d is not None]
+        chw = tuple(self.shape[1:])
+        whole = len(jpeg) == len(keys) <= DEVICE_CHUNK  # one call decodes them all: its output is the result
+        out = None if whole else torch.empty((len(keys), *chw), dtype=torch.uint8, device=self.device)
+        for c in range(0, len(jpeg), DEVICE_CHUNK):
+            part = jpeg[c:c + DEVICE_CHUNK]
+            x, failed = decode_jpegs([datas[i] for i in part], self.mode, self.resize_to, chw, self.device)
+            cpu_jobs += self._pool_jobs([part[i] for i in failed], keys)
+            if whole:
+                out = x
+            else:
+                out[torch.tensor(part, device=self.device)] = x
+        for pos, arr in zip([p for p, _ in cpu_jobs], _results([f for _, f in cpu_jobs], self.n_workers)):
+            out[torch.tensor(pos, device=self.device)] = torch.from_numpy(arr).to(self.device)
+        self.decoded += len(keys)
+        self.prefetched += ahead
+        return out
+
+    def _read_bytes(self, keys: list[int]) -> list[torch.Tensor | None]:
+        """The files' bytes of images ``keys`` (their reading queued), collected from the threads."""
+        done: dict[int, list] = {}
+        datas = []
+        for k in keys:
+            fut, row = self._reading.pop(k)
+            if id(fut) not in done:
+                done[id(fut)] = fut.result()
+            datas.append(done[id(fut)][row])
+        return datas
+
+    def _pool_jobs(self, positions: list[int], keys: list[int]) -> list[tuple[list[int], Future]]:
+        """Queue the CPU decoding of images ``keys[i]`` for i in ``positions`` in the worker pool:
+        (positions, future) per chunk."""
+        if not positions:
+            return []
+        pool = get_pool(self.n_workers)
+        chw = tuple(self.shape[1:])
+        return [(c, pool.submit(_decode_chunk, self.root, [self.files[keys[i]] for i in c], self.mode,
+                                self.resize_to, chw)) for c in _chunks(positions, self.n_workers)]

@@ -15,7 +15,10 @@ from utils.run.atomic import atomic_write
 FORMAT = 2  # 1: a pickle of the whole method object (refused)
 # settings that may differ between the interrupted run and its resumption
 FREE_KEYS = {"resume", "run_name", "device", "device_resolved", "out_dir", "data_dir", "joint_acc_source",
-             "mem_manage_resolved", "no_cache", "n_worker", "data_budget_gb", "dry_run", "dist_timeout"}
+             "mem_manage_resolved", "no_cache", "n_worker", "data_budget_gb", "dry_run", "dist_timeout",
+             "compile", "decode_device"}
+# settings added since format 2, as a checkpoint written before them ran
+ADDED_KEYS = {"amp": "off"}
 
 
 class CheckpointError(Exception):
@@ -70,7 +73,7 @@ def load(path: Path, config: dict) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} has format {got!r}, this version reads format {FORMAT}; {redo}")
-    want, had = comparable(config), state["config"]
+    want, had = comparable(config), {**ADDED_KEYS, **state["config"]}
     diff = sorted(k for k in set(want) | set(had) if want.get(k) != had.get(k))
     if diff:
         shown = ", ".join(f"{k}: {had.get(k)!r} -> {want.get(k)!r}" for k in diff[:5])
