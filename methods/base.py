@@ -62,8 +62,9 @@ class Method:
         self.samples: dict[str, int] = {}  # work beyond training and evaluation (uncertainty views, ...)
         self._net: tuple[tuple, nn.Module] | None = None  # (what it was built for, the data-parallel model)
         self.amp = getattr(cfg, "amp", "off")
-        engine = compile_engine(getattr(cfg, "compile", "off"), device)
-        self.graph = GraphStep(engine, self.graph_sizes(), device, self.amp) \
+        choice = getattr(cfg, "compile", "off")
+        engine = compile_engine(choice, device)
+        self.graph = GraphStep(engine, self.graph_sizes(), device, self.amp, strict=choice != "auto") \
             if engine is not None and self.graph_step_ok() and not dist.info().active else None
 
     def graph_sizes(self) -> tuple[int, ...]:

@@ -5,7 +5,9 @@
   eager kernels are replayed as CUDA graphs (one launch each instead of hundreds); compiles in seconds. CUDA only.
 - ``inductor``: inductor's generated kernels, with ``mode="reduce-overhead"`` (CUDA graphs) on a GPU; on the
   CPU, its fused C++ kernels (how the tests check the path against the eager step).
-- ``auto`` (default): ``graphs`` on CUDA, eager on the CPU (the CPU's numbers stay those of the eager step).
+- ``auto`` (default): ``graphs`` on CUDA, eager on the CPU (the CPU's numbers stay those of the eager step); a step
+  that fails to compile or to run as a graph turns the graphs off for the run, with a warning in the log, and the run
+  goes on eagerly (``graphs`` and ``inductor`` raise instead).
 - ``off``: eager.
 
 What is compiled is ``f(x, ya, yb, lam) = (lam * CE(m(x), ya) + (1 - lam) * CE(m(x), yb), m(x))`` with cutmix's
@@ -27,11 +29,14 @@ overwrites (the trainer reads the loss and the logits at once)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger("rm")
 
 COMPILE_CHOICES = ("auto", "off", "graphs", "inductor")
 AMP_CHOICES = ("off", "bf16")
@@ -64,7 +69,8 @@ def mixed_loss(model: nn.Module, device: torch.device, amp: str) -> Callable:
 class GraphStep:
     """Forward + loss (+ its backward, through autograd) of one batch shape, compiled by ``engine``."""
 
-    def __init__(self, engine: str, sizes: tuple[int, ...], device: torch.device, amp: str = "off") -> None:
+    def __init__(self, engine: str, sizes: tuple[int, ...], device: torch.device, amp: str = "off",
+                 strict: bool = True) -> None:
         if engine not in ("graphs", "inductor", "aot_eager"):  # aot_eager: dynamo + AOT autograd, no codegen (tests)
             raise ValueError(f"unknown graph engine '{engine}'")
         if engine == "graphs" and device.type != "cuda":
@@ -75,11 +81,14 @@ class GraphStep:
         self._lam = torch.ones((), device=device)
         self.builds = 0  # compiled functions built so far
         self.steps = 0  # steps run through a compiled function
+        self.strict = strict  # False (--compile auto): a step that fails to compile turns the graphs off, loudly
+        self.failed: str | None = None  # why the graphs were turned off
+        self._fresh = False  # the next call is the first of a new build
 
     def takes(self, x: torch.Tensor) -> bool:
         """Whether a batch runs through the graph: whole batches (of one of ``sizes``) only; a partial one (another
         size, a graph of its own for a step or two) runs eagerly."""
-        return x.shape[0] in self.sizes
+        return self.failed is None and x.shape[0] in self.sizes
 
     def _key(self, model: nn.Module, x: torch.Tensor) -> tuple:
         """What the compiled function serves; each of ``sizes`` is a graph of its own inside it (dynamo compiles a
@@ -112,6 +121,19 @@ class GraphStep:
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
         self._lam.fill_(lam)
-        self.steps += 1
         # a plain batch passes its labels twice: a copy, so that dynamo does not build a second graph for the aliasing
-        return self._fn(x, ya, ya.clone() if yb is ya else yb, self._lam)
+        yb = ya.clone() if yb is ya else yb
+        if self.strict:
+            out = self._fn(x, ya, yb, self._lam)
+        else:
+            try:
+                out = self._fn(x, ya, yb, self._lam)
+            except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the run goes on eagerly
+                self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+                logger.warning("--compile auto: the compiled step failed (%s); this run's steps are eager from here "
+                               "(its numbers as with --compile off). Please report it", self.failed)
+                self._fn = self._for = None
+                torch._dynamo.reset()
+                return mixed_loss(model, self.device, self.amp)(x, ya, yb, self._lam)
+        self.steps += 1
+        return out

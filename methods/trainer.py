@@ -111,7 +111,8 @@ class Trainer:
                 on_task_done(t)
         g = self.method.graph
         if g is not None:
-            logger.info("Compiled step (%s): %d steps through %d build(s); the rest eager", g.engine, g.steps, g.builds)
+            logger.info("Compiled step (%s): %d steps through %d build(s); the rest eager%s", g.engine, g.steps,
+                        g.builds, f" (turned off: {g.failed})" if g.failed else "")
         return {**self.rec, "phase_time_s": {**self.timers, "evaluation": self.eval_time},
                 "phase_samples": {**self.samples, **self.method.samples}}
 
