@@ -85,6 +85,16 @@ class GraphStep:
         self.failed: str | None = None  # why the graphs were turned off
         self._fresh = False  # the next call is the first of a new build
 
+    def report(self) -> str:
+        """A run's summary of the compiled step: steps through graphs, builds, and why it was turned off or where
+        torch.compile fell back to running a graph without CUDA graphs (its warning names the reason)."""
+        from torch._dynamo.utils import counters
+        out = f"{self.steps} steps through {self.builds} build(s) ({self.engine}); the rest eager"
+        skips = counters["inductor"]["cudagraph_skips"] if self.device.type == "cuda" else 0
+        if skips:
+            out += f"; CUDA graphs skipped {skips} time(s), those graphs ran without them (torch's warning says why)"
+        return out + (f"; turned off: {self.failed}" if self.failed else "")
+
     def takes(self, x: torch.Tensor) -> bool:
         """Whether a batch runs through the graph: whole batches (of one of ``sizes``) only; a partial one (another
         size, a graph of its own for a step or two) runs eagerly."""

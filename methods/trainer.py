@@ -111,8 +111,7 @@ class Trainer:
                 on_task_done(t)
         g = self.method.graph
         if g is not None:
-            logger.info("Compiled step (%s): %d steps through %d build(s); the rest eager%s", g.engine, g.steps,
-                        g.builds, f" (turned off: {g.failed})" if g.failed else "")
+            logger.info("Compiled step: %s", g.report())
         return {**self.rec, "phase_time_s": {**self.timers, "evaluation": self.eval_time},
                 "phase_samples": {**self.samples, **self.method.samples}}
 

@@ -139,6 +139,7 @@ def test_auto_turns_a_failing_graph_off_loudly_and_goes_on_eagerly(caplog):
     assert g.failed is not None and g.failed.startswith("Unsupported"), g.failed
     assert "this run's steps are eager from here" in caplog.text
     assert not g.takes(x) and g.steps == 0
+    assert g.report() == f"0 steps through 1 build(s) (aot_eager); the rest eager; turned off: {g.failed}"
     with pytest.raises(Exception):
         GraphStep("aot_eager", (8,), torch.device("cpu"))(model, x, y, y, 1.0)
 
