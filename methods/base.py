@@ -177,7 +177,7 @@ class Method:
         else:
             xm, ya, yb, lam = x, y, None, 1.0
         if self.graph is not None and self.graph.takes(xm):  # base methods only: criterion and extra_loss are ours
-            loss, logits = self.graph(self.model, xm, ya, ya if yb is None else yb, lam)
+            loss, logits = self.graph(self.model, xm, ya, yb, lam)
         elif yb is None:
             logits = self.net(x)
             loss = self.criterion(logits, y)

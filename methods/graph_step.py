@@ -1,4 +1,4 @@
-"""The training step's forward, loss and backward as compiled graphs (CUDA graphs on a GPU), at one batch shape.
+"""The training step's forward, loss and backward as compiled graphs (CUDA graphs on a GPU), at whole batches.
 
 ``--compile`` picks the engine (``torch.compile``; nothing home-made):
 - ``graphs``: ``backend="cudagraphs"``: dynamo and AOT autograd capture the forward and the backward, whose
@@ -67,7 +67,7 @@ def mixed_loss(model: nn.Module, device: torch.device, amp: str) -> Callable:
 
 
 class GraphStep:
-    """Forward + loss (+ its backward, through autograd) of one batch shape, compiled by ``engine``."""
+    """Forward + loss (+ its backward, through autograd) of whole batches (``sizes``), compiled by ``engine``."""
 
     def __init__(self, engine: str, sizes: tuple[int, ...], device: torch.device, amp: str = "off",
                  strict: bool = True) -> None:
@@ -83,7 +83,6 @@ class GraphStep:
         self.steps = 0  # steps run through a compiled function
         self.strict = strict  # False (--compile auto): a step that fails to compile turns the graphs off, loudly
         self.failed: str | None = None  # why the graphs were turned off
-        self._fresh = False  # the next call is the first of a new build
 
     def report(self) -> str:
         """A run's summary of the compiled step: steps through graphs, builds, and why it was turned off or where
@@ -121,9 +120,10 @@ class GraphStep:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         return torch.compile(fn, mode=mode, fullgraph=True, dynamic=False)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor,
+    def __call__(self, model: nn.Module, x: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor | None,
                  lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one whole batch; ``loss.backward()`` runs the compiled backward."""
+        """(loss, logits) of one whole batch (``yb`` None or ``ya``: a plain batch); ``loss.backward()`` runs the
+        compiled backward."""
         key = self._key(model, x)
         if self._stale(key):
             self._fn = self._build(model)
@@ -132,7 +132,7 @@ class GraphStep:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are no longer read
         self._lam.fill_(lam)
         # a plain batch passes its labels twice: a copy, so that dynamo does not build a second graph for the aliasing
-        yb = ya.clone() if yb is ya else yb
+        yb = ya.clone() if yb is None or yb is ya else yb
         if self.strict:
             out = self._fn(x, ya, yb, self._lam)
         else:
