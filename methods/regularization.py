@@ -40,8 +40,10 @@ class _Quadratic(torch.autograd.Function):
         diff = torch._foreach_sub(params, mean)
         a_diff = torch._foreach_mul(diff, imp)
         ctx.save_for_backward(*a_diff)
-        dots = (torch.dot(a.flatten(), d.flatten()) for a, d in zip(a_diff, diff))
-        return const + sum(v if c is None else v / c for v, c in zip(dots, scale))
+        # ATen's own sums, not BLAS dot: MKL's sdot rounds differently on AMD and Intel CPUs even under
+        # MKL_CBWR=COMPATIBLE (the golden file's ewc_offline loss came out 2 ulp apart); diff is not saved
+        torch._foreach_mul_(diff, a_diff)
+        return const + sum(t.sum() if c is None else t.sum() / c for t, c in zip(diff, scale))
 
     @staticmethod
     def backward(ctx, g):
