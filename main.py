@@ -17,7 +17,8 @@ from configuration.config import ConfigError, base_parser, resolve
 from configuration.validate import (check_against_data, check_classes, check_device_flags, check_world,
                                     grey_fold_unused, unused_flags)
 from methods import build_method, get_method_class, method_names
-from methods.trainer import DivergedError, Settings, Trainer
+from methods.base import StopRun
+from methods.trainer import Settings, Trainer
 from utils.data.decode import DataError
 from utils.data.run_data import RunData, load_splits, normalisation, resolve_device, to_device
 from utils.data.iblurry import load_or_make_iblurry, parse_iblurry, read_clib_collection, relabel
@@ -259,10 +260,10 @@ def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData
                 "wall_s": wall + time.perf_counter()})
         try:
             rec = trainer.run(state["task"] + 1 if state else 0, task_done)
-        except DivergedError as e:
+        except StopRun as e:
             kept = (f"the checkpoint after task {e.task_id - 1} is kept ({paths.checkpoint})"
                     if paths.checkpoint.exists() else "no task finished")
-            log.error("%s; %s. Lower --lr (or check the data) and start the run again.", e, kept)
+            log.error("%s; %s. %s", e, kept, e.advice)
             return 3
         except DIST_ERRORS as e:
             if not dist.info().active:

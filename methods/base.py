@@ -27,6 +27,17 @@ from utils.run import dist
 logger = logging.getLogger("rm")
 
 
+class StopRun(Exception):
+    """A run that cannot go on: the trainer keeps the checkpoint of the tasks before ``task_id``, and
+    the log gives the message and ``advice``."""
+
+    advice = ""
+
+    def __init__(self, task_id: int, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
 class Method:
     """Fine-tuning on stream + memory; subclasses override only what differs."""
 

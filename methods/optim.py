@@ -8,6 +8,9 @@ from torch import nn
 
 OPTIMIZERS = ("sgd", "adam", "radam")
 SCHEDULERS = ("cos", "anneal", "multistep")
+SGD_MOMENTUM = 0.9  # Nesterov
+# Nesterov SGD (momentum mu) on a quadratic of curvature h diverges once lr * h >= 2 (1 + mu) / (1 + 2 mu)
+SGD_STABLE = 2 * (1 + SGD_MOMENTUM) / (1 + 2 * SGD_MOMENTUM)  # 19/14
 
 
 def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Parameter],
@@ -16,7 +19,7 @@ def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Paramet
     params = list(params.parameters() if isinstance(params, nn.Module) else params)
     # fused kernels: one pass over each parameter per step (the same update as the loop version)
     if name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4, fused=True)
+        opt = torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=1e-4, fused=True)
     elif name == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6, fused=True)
     elif name == "radam":

@@ -8,10 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from methods.base import Method
+from methods.base import Method, StopRun
+from methods.optim import SGD_STABLE
 from utils.data.batches import shuffled_batches
 
 FISHER_CHUNK = 512  # samples per vmapped Fisher chunk (per-batch gradients of the chunk live at once)
+
+
+class UnstablePenalty(StopRun):
+    """The penalty is stiffer than SGD at this learning rate can follow: the run would diverge."""
+
+    def __init__(self, task_id: int, message: str, advice: str) -> None:
+        super().__init__(task_id, message)
+        self.advice = advice
 
 
 HEAD = "fc"  # the models' head module: its parameters are never regularised
@@ -88,6 +97,15 @@ class QuadraticPenalty:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def gradient(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """d penalty / d p = 2 A (p - m) at ``params`` (the names the slots cover), as backward gives it."""
+        return {n: 2 * a * (params[n] - m) for n, (a, m) in self._merged.items() if n in params}
+
+    def max_curvature(self) -> float:
+        """The largest second derivative of the penalty along one parameter: 2 A / c (0 when empty)."""
+        return max((2 * float(a.max()) / self.folds.get(n, 1) for n, (a, _) in self._merged.items() if a.numel()),
+                   default=0.0)
 
     def state_dict(self) -> dict:
         return {"slots": [[{n: t.cpu() for n, t in imp.items()}, {n: t.cpu() for n, t in anc.items()}]
@@ -188,6 +206,21 @@ class RegularizedMethod(Method):
         self.penalty.add(imp, anchor, replace=self.online_reg and len(self.penalty) > 0,
                          folds=fold_counts(self.model))
         self.n_calls += 1
+        self.check_stable(task_id, phase)
+
+    def check_stable(self, task_id: int, phase: str) -> None:
+        """Stop before SGD diverges on the penalty: along its stiffest parameter the penalty's curvature
+        is h = reg_coef * 2 A / c, and Nesterov SGD at the schedule's top lr diverges once lr h >= 19/14."""
+        h = self.penalty.max_curvature()
+        if self.cfg.opt_name != "sgd" or self.cfg.lr * self.reg_coef * h < SGD_STABLE:
+            return
+        top = SGD_STABLE / (self.cfg.lr * h)
+        raise UnstablePenalty(task_id, (
+            f"the penalty after task {task_id}'s {phase} training is too stiff for SGD: its largest "
+            f"importance gives a curvature of {self.reg_coef * h:.4g} (--reg_coef {self.reg_coef:g} x {h:.4g}), and "
+            f"SGD with Nesterov momentum 0.9 at --lr {self.cfg.lr:g} diverges above {SGD_STABLE / self.cfg.lr:.4g}"),
+            f"Start the run again with --reg_coef below {top:.3g} (this task's limit: importances grow over the "
+            f"tasks, so leave a margin) or with a smaller --lr.")
 
     def extra_state(self) -> dict:
         return {"penalty": self.penalty.state_dict(), "n_calls": self.n_calls}

@@ -24,8 +24,12 @@ class RWalk(RegularizedMethod):
     (theta_new - theta_old)^2 + eps) is always 0, because it takes its "old" snapshots with
     ``detach()`` (no copy), and the in-place optimizer step and gradient accumulation (PyTorch 1.x)
     make old and new the same tensors: the score stays 0 and RWalk is an EMA-Fisher EWC.
-    "paper": the RWalk path integral -g * dtheta / (0.5 F dtheta^2 + eps) with real snapshots.
-    Chosen by ``--rwalk_score``.
+    "paper": the RWalk path integral with real snapshots, per step (Delta t = 1) max(0, -g dtheta /
+    (0.5 F dtheta^2 + eps)) (the paper: "negative scores are set to zero"), where g is the gradient of
+    the task's loss alone, and F the EMA of its square: the penalty's own gradient is taken out (the
+    authors' code and FACIL do the same; with it, an oscillating parameter fed its own score). Chosen
+    by ``--rwalk_score``. Its scores (about dL_i / eps) dwarf the Fisher, so the paper rule needs a
+    far smaller --reg_coef than the public one (configuration.validate and RegularizedMethod.check_stable).
 
     ``fisher_ema`` holds squared gradients of the model's own parameters; a folded parameter (grey
     mlp400: the sum of c input-weight slices, gradient c times a slice's) is turned into per-slice
@@ -56,22 +60,26 @@ class RWalk(RegularizedMethod):
 
     @torch.no_grad()
     def update_fisher_and_score(self, params: dict[str, torch.Tensor], old: dict[str, torch.Tensor] | None) -> None:
-        """One step's update from the gradients left in ``p.grad`` (and the parameters before the step)."""
+        """One step's update from the gradients left in ``p.grad`` (and the parameters before the step:
+        the paper rule; its gradient is the task loss's, the penalty's gradient at ``old`` taken out)."""
         names = [n for n, p in params.items() if p.grad is not None]
+        grads = {n: params[n].grad for n in names}
         if old is not None:
+            pen = self.penalty.gradient(old)
+            grads = {n: g - self.reg_coef * pen[n] if n in pen else g for n, g in grads.items()}
             folded = fold_counts(self.model)
             for n in names:
                 c = folded.get(n, 1)
-                delta, g = (params[n] - old[n]) / c, params[n].grad / c
+                delta, g = (params[n] - old[n]) / c, grads[n] / c
                 fisher = self.fisher_ema.get(n, torch.zeros_like(delta)) / (c * c)
-                step = g * delta / (0.5 * fisher * delta.square() + EPS)
-                self.call_score[n] = self.call_score.get(n, torch.zeros_like(delta)) - step
+                gain = (-g * delta / (0.5 * fisher * delta.square() + EPS)).clamp_min_(0)
+                self.call_score[n] = self.call_score.get(n, torch.zeros_like(delta)) + gain
         ema = [n for n in names if n in self.fisher_ema]
         for n in names:
             if n not in self.fisher_ema:
-                self.fisher_ema[n] = params[n].grad.square()
+                self.fisher_ema[n] = grads[n].square()
         if ema:
-            f, g = [self.fisher_ema[n] for n in ema], [params[n].grad for n in ema]
+            f, g = [self.fisher_ema[n] for n in ema], [grads[n] for n in ema]
             torch._foreach_mul_(f, 1 - ALPHA)
             torch._foreach_addcmul_(f, g, g, value=ALPHA)
 

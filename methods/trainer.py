@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from methods.base import Method
+from methods.base import Method, StopRun
 from methods.evaluation import evaluate
 from methods.online_protocol import StepCounter, first_positions
 from methods.optim import warm_start_lr
@@ -32,12 +32,13 @@ Task = tuple[torch.Tensor, torch.Tensor]  # (training indices, test indices) of 
 PHASE_TIMER = {"stream": "stream_pass", "memory": "memory_epochs", "offline": "offline_epochs"}
 
 
-class DivergedError(Exception):
+class DivergedError(StopRun):
     """The training loss became NaN or infinite."""
 
+    advice = "Lower --lr (or check the data) and start the run again."
+
     def __init__(self, task_id: int, phase: str, epoch: int, loss: float) -> None:
-        super().__init__(f"training diverged: loss {loss} in task {task_id}, {phase} epoch {epoch + 1}")
-        self.task_id = task_id
+        super().__init__(task_id, f"training diverged: loss {loss} in task {task_id}, {phase} epoch {epoch + 1}")
 
 
 @dataclass

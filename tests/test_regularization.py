@@ -128,19 +128,28 @@ def test_online_replaces_one_slot_offline_adds_one_per_task(mode):
 
 
 def test_rwalk_step_update_hand_computed():
+    """The paper rule: per step max(0, -g dtheta / (0.5 F dtheta^2 + 1e-3)) with g the task loss's
+    gradient (the penalty's taken out), F the EMA of its square, read before this step's update."""
     m = make("rwalk")
     m.score_rule = "paper"
     p = torch.tensor([1.0, 2.0])
-    p.grad = torch.tensor([0.5, -1.0])
+    p.grad = torch.tensor([-0.5, -1.0])
     m.update_fisher_and_score({"w": p}, {"w": torch.tensor([0.9, 2.2])})  # dtheta = (0.1, -0.2), F = 0
-    assert m.call_score["w"].tolist() == pytest.approx([-0.05 / 1e-3, -0.2 / 1e-3])
+    assert m.call_score["w"].tolist() == pytest.approx([0.05 / 1e-3, 0.0])  # -0.2 / 1e-3 < 0: set to zero
     assert m.fisher_ema["w"].tolist() == pytest.approx([0.25, 1.0])  # first update: F = g^2
     old, p = p.clone(), p + torch.tensor([0.2, 0.1])
-    p.grad = torch.tensor([1.0, 1.0])
+    p.grad = torch.tensor([-1.0, 1.0])
     m.update_fisher_and_score({"w": p}, {"w": old})  # score uses the F before this step's update
-    assert m.call_score["w"].tolist() == pytest.approx([-50 - 0.2 / (0.5 * 0.25 * 0.04 + 1e-3),
-                                                        -200 - 0.1 / (0.5 * 1.0 * 0.01 + 1e-3)])
+    assert m.call_score["w"].tolist() == pytest.approx([50 + 0.2 / (0.5 * 0.25 * 0.04 + 1e-3), 0.0])
     assert m.fisher_ema["w"].tolist() == pytest.approx([0.5 * 0.25 + 0.5, 1.0])  # EMA, alpha 0.5
+    # with a penalty 100 x sum A (w - m)^2: p.grad holds its gradient 200 A (old - m) = (0.4, 0.4) too
+    m.penalty.add({"w": torch.tensor([0.01, 0.02])}, {"w": torch.tensor([1.0, 2.0])}, replace=False)
+    old, p = p.clone(), p + torch.tensor([0.1, -0.1])  # old = (1.2, 2.1)
+    p.grad = torch.tensor([-1.0, 0.5]) + torch.tensor([0.4, 0.4])  # the task's gradient (-1, 0.5) + the penalty's
+    m.update_fisher_and_score({"w": p}, {"w": old})
+    assert m.call_score["w"].tolist() == pytest.approx([
+        83.3333333 + 0.1 / (0.5 * 0.625 * 0.01 + 1e-3), 0.05 / (0.5 * 1.0 * 0.01 + 1e-3)], rel=1e-6)
+    assert m.fisher_ema["w"].tolist() == pytest.approx([0.5 * 0.625 + 0.5 * 1.0, 0.5 * 1.0 + 0.5 * 0.25])
     m.model = nn.Module()
     m.model.w, m.model.h1, m.model.h2 = nn.Parameter(p), nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
     s1 = m.call_score["w"].clone()
@@ -313,3 +322,26 @@ def _fold_penalty_steps(weight_decay: float) -> dict[str, float]:
     dev["logits"] = rel(fold(x), full(x.expand(-1, 3, -1, -1)))
     dev["weight"] = rel(fold.input.lin.weight, full.input.lin.weight.detach().view(400, 3, 784).sum(1))
     return dev
+
+
+def test_rwalk_paper_score_refused_past_its_stable_range_and_stopped_before_it_diverges(mnist_dir: Path,
+                                                                                          tmp_path: Path, capsys):
+    """The paper's score reaches importances of 4-16 on MNIST (the Fisher: below 0.005), so at the public
+    --reg_coef 100 Nesterov SGD diverges on the penalty: refused up front (exit 2, nothing written). Offline at
+    reg_coef 1 the importances of two tasks' slots pass 27.14 / 2 / lr: the run stops after task 1's training,
+    before the loss turns NaN, keeping task 0's checkpoint (exit 3). Online at 1 it trains, well above chance."""
+    base = ["--mode", "rwalk", "--rwalk_score", "paper", "--dataset", "mnist", "--data_dir", str(mnist_dir),
+            "--device", "cpu", "--transforms", "--rnd_seed", "1"]
+    assert rm_main.main([*base, "--out_dir", str(tmp_path / "a")]) == 2
+    assert "--rwalk_score paper with sgd needs --reg_coef x --lr <= 0.05" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "b"
+    assert rm_main.main([*base, "--reg_coef", "1", "--stream_env", "offline", "--out_dir", str(out),
+                         "--run_name", "r"]) == 3
+    log = (out / "logs" / "mnist" / "r.log").read_text()
+    assert "the penalty after task 1's offline training is too stiff for SGD" in log and "loss nan" not in log
+    assert "Start the run again with --reg_coef below" in log and (out / "checkpoints" / "mnist" / "r.pt").exists()
+    out = tmp_path / "c"
+    assert rm_main.main([*base, "--reg_coef", "1", "--out_dir", str(out), "--run_name", "r"]) == 0
+    res = json.loads((out / "results" / "mnist" / "r.json").read_text())
+    assert res["A_last"] > 30, res["task_acc"]
