@@ -21,6 +21,7 @@ from models import MODELS
 from utils.data.augment import TRANSFORMS, UNCERTAINTY_METRICS
 from utils.data.datasets import DATASETS, preset_for
 from utils.data.splits import SplitError, parse_exp
+from tests.paths import FASHION_SRC
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,6 @@ def test_table_holds_the_papers_settings():
     assert preset_for("cifar100")["memory_size"] == 2000 and preset_for("cifar100")["lr"] == 0.03
     assert preset_for("imagenet")["topk"] == 5 and preset_for("imagenet")["sched_name"] == "multistep"
     assert preset_for("some_folder") == preset_for("mnist")  # any image folder: MNIST-sized defaults
-    assert DATASETS["fashion_mnist"].mean == DATASETS["mnist"].mean  # the public code's choice
     assert len(DATASETS["mnist"].classes) == DATASETS["mnist"].n_classes == 10
 
 
@@ -117,3 +117,19 @@ def test_pretrain_is_accepted_with_a_warning(mnist_dir, tmp_path):
                          "--debug", "--pretrain", "--run_name", "p"]) == 0
     log = (tmp_path / "logs" / "mnist" / "p.log").read_text()
     assert "[WARNING] --pretrain is ignored: no pretrained weights are used" in log
+
+
+def test_fashion_mnist_statistics_are_its_own_training_images():
+    """The table's Fashion-MNIST mean/std are its 60,000 training images' (exact integer sums, the derivation
+    of unknown folders), not MNIST's 0.1307 / 0.3081 that both public codes copy."""
+    if not (FASHION_SRC / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_SRC}")
+    import torch
+    from utils.data.stats import mean_std, pixel_sums
+    from utils.prepare.idx import read_split
+    images, _ = read_split(FASHION_SRC, "train", expected_count=60000)
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    mean, std = mean_std(*pixel_sums(x), x[:, 0].numel())
+    assert (DATASETS["fashion_mnist"].mean, DATASETS["fashion_mnist"].std) == (mean, std)
+    assert round(mean[0], 4) == 0.2860 and round(std[0], 4) == 0.3530
+    assert DATASETS["mnist"].mean == (0.1307,) and DATASETS["mnist"].std == (0.3081,)  # the paper's values
