@@ -119,6 +119,29 @@ def test_pretrain_is_accepted_with_a_warning(mnist_dir, tmp_path):
     assert "[WARNING] --pretrain is ignored: no pretrained weights are used" in log
 
 
+HELP_GROUPS = ["the run: method, data, split and stream", "training", "memory",
+               "the i-Blurry protocol and anytime evaluation", "outputs and resume", "speed and scale-out"]
+
+
+def test_help_groups_every_flag_and_names_its_default(capsys):
+    """--help: six groups in a researcher's order, each flag in exactly one, every flag's default named
+    (argparse's "(default: X)", or the help's own "default" for presets and method defaults)."""
+    p = base_parser(method_names())
+    groups = {g.title: g for g in p._action_groups if g._group_actions}
+    assert list(groups) == ["options", *HELP_GROUPS]
+    flags = [a for a in p._actions if a.dest != "help"]
+    grouped = [a for t in HELP_GROUPS for a in groups[t]._group_actions]
+    assert sorted(a.dest for a in grouped) == sorted(a.dest for a in flags) and len(grouped) == len(flags)
+    for a in flags:
+        assert a.default is not None or "default" in a.help, a.dest
+    with pytest.raises(SystemExit) as e:
+        rm_main.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert [out.index(f"\n{t}:") for t in HELP_GROUPS] == sorted(out.index(f"\n{t}:") for t in HELP_GROUPS)
+    assert "0.05 (mnist, fashion_mnist, cifar10, imagenet), 0.03 (cifar100)" in " ".join(out.split())  # --lr's presets
+
+
 def test_fashion_mnist_statistics_are_its_own_training_images():
     """The table's Fashion-MNIST mean/std are its 60,000 training images' (exact integer sums, the derivation
     of unknown folders), not MNIST's 0.1307 / 0.3081 that both public codes copy."""

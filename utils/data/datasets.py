@@ -76,6 +76,15 @@ def preset_for(name: str, exp_name: str = "blurry10") -> dict:
     return pre
 
 
+def preset_text(key: str) -> str:
+    """A flag's preset per dataset, for --help: "0.05 (mnist, cifar10, ...), 0.03 (cifar100)"."""
+    by_value: dict[object, list[str]] = {}
+    for name, d in DATASETS.items():
+        by_value.setdefault(d.preset[key], []).append(name)
+    return ", ".join(f"{v:g} ({', '.join(n)})" if isinstance(v, float) else f"{v} ({', '.join(n)})"
+                     for v, n in by_value.items())
+
+
 def preparable() -> list[str]:
     """The datasets ``python -m utils.prepare`` can build from their published files."""
     return [n for n, d in DATASETS.items() if d.source is not None]
