@@ -211,6 +211,10 @@ class Method:
         """Hook for regularisers (none here)."""
         return None
 
+    def train_mode(self, phase: str) -> bool:
+        """The model's mode in the epochs of ``phase``: train mode (the CLIB code's rm keeps the stream's)."""
+        return True
+
     def after_fit(self, task_id: int, phase: str) -> None:
         """After every training call (EWC/RWalk compute their importance here)."""
 

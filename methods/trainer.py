@@ -199,8 +199,10 @@ class Trainer:
                 k += 1
             if m.remember_first:  # CLIB: a sample enters the memory before the steps it earns
                 m.remember(temp, t)
-            m.model.train()
-            for _ in range(m.steps_due(self.counter, end - start)):
+            steps = m.steps_due(self.counter, end - start)
+            if steps:  # the CLIB code sets train mode per step: a chunk with no step leaves the mode as it is
+                m.model.train()
+            for _ in range(steps):
                 batch = m.replay_batch(temp)
                 with m.autocast():
                     loss, logits, y = m.train_step(m.train_aug(imgs[batch]), labels[batch], batch, None)
@@ -308,7 +310,7 @@ class Trainer:
         share of every batch (the anytime rule still counts whole batches) and the epoch's loss and
         accuracy are summed over the ranks."""
         m = self.method
-        m.model.train()
+        m.model.train(m.train_mode(phase))
         if not batches:
             return 0.0, 0.0
         total_loss = torch.zeros((), device=m.device)

@@ -22,12 +22,16 @@ VARIANTS += [(m, ("--as_intended",), m in ("rm", "ewc++")) for m in INTENDED if 
 # (A_last, A_auc) floors; chance is 10%. gdumb and rm train on the memory (200 samples) only at evaluations /
 # task ends, and the CLIB code's rm wipes its head at every new class: its anytime accuracy collapses
 FLOOR = {"gdumb": (35.0, 30.0), "rm": (35.0, 15.0)}
+# every task of this subset holds 600 samples, so at --eval_period 300 each ends on an evaluation, and the CLIB
+# code's rm then trains its memory epochs in eval mode (its defect, reproduced): A_last falls to about 20 in
+# both codes (README). At 400 tasks 0, 2 and 4 end on a step
+PERIOD = {("rm", ()): 400}
 
 
 def _args(data_dir: Path, out: Path, mode: str, *extra: str) -> list[str]:
     return ["--mode", mode, "--dataset", "mnist", "--data_dir", str(data_dir), "--out_dir", str(out),
             "--exp_name", "iblurry50_10", "--device", "cpu", "--memory_size", "200", "--transforms",
-            "--eval_period", "300", "--run_name", "r", *extra]
+            "--eval_period", str(PERIOD.get((mode, tuple(extra)), 300)), "--run_name", "r", *extra]
 
 
 def _result(out: Path) -> dict:
@@ -44,7 +48,8 @@ def test_method_end_to_end_then_crash_and_resume(mnist_dir, tmp_path, monkeypatc
     r = _result(tmp_path / "whole")
     floor_last, floor_auc = FLOOR.get(mode, (60.0, 30.0))
     assert r["A_last"] > floor_last and r["A_auc"] > floor_auc, (mode, r["A_last"], r["A_auc"])
-    assert len(r["anytime"]) == 10
+    period = PERIOD.get((mode, tuple(extra)), 300)
+    assert len(r["anytime"]) == 3000 // period
     assert r["config"]["as_intended"] is (extra == ("--as_intended",))
     if mode == "rm" and not extra:  # TensorBoard: the anytime accuracy against the stream samples seen
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -52,7 +57,7 @@ def test_method_end_to_end_then_crash_and_resume(mnist_dir, tmp_path, monkeypatc
         ea.Reload()
         points = [(e.step, round(e.value, 4)) for e in ea.Scalars("Metrics/AnytimeAcc")]
         assert points == [(p["samples"], round(p["acc"], 4)) for p in r["anytime"]]
-        assert [s for s, _ in points] == list(range(300, 3001, 300))
+        assert [s for s, _ in points] == list(range(period, 3001, period))
     if not resume:
         return
     real = Trainer.begin_task

@@ -8,6 +8,7 @@ import torch
 from methods.memory import build_manager
 from methods.memory.greedy_balanced import balanced_insert
 from methods.online_protocol import StepCounter
+from methods.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
 
@@ -60,6 +61,47 @@ def test_rm_as_the_clib_code_runs_it_and_as_intended():
         assert len(batch) == 16 and set(batch[len(temp):].tolist()) <= set(range(12, 24))  # 16 + 0 or 8 + 8
         assert [m.steps_due(StepCounter(3.0), len(temp)) for _ in range(3)] == [1, 1, 1]  # not --online_iter
         assert m.training_calls(True) == [("memory", m.cfg.n_epoch)]
+
+
+def test_rm_carries_its_partial_batch_and_trains_the_memory_in_the_mode_the_stream_left():
+    """The CLIB code's rm: batches of 8 (--batchsize) count across tasks, so task 0's last 5 samples wait and
+    open task 1's first batch; the memory epochs run in the mode the stream left the model in. Tasks of 13 and
+    23 samples, --eval_period 10: task 0 steps on 0-7, evaluates at sample 10, then only gathers 8-12: its
+    memory epochs run in eval mode (the CLIB code's memory training never calls train()). Task 1 steps on
+    8-15, evaluates at 20, steps on 16-23, evaluates at 30, steps on 24-31 and gathers 32-35: train mode.
+    --as_intended: one step per full chunk of 4 (the last, partial one is dropped, as the CVPR'21 code's stream
+    loader drops it), memory epochs always in train mode."""
+    for intended in (False, True):
+        flags = ["--memory_size", "14", "--batchsize", "8", "--n_epoch", "2", "--eval_period", "10"]
+        m = online("rm", *flags, *(["--as_intended"] if intended else []), n_cls=3, per_cls=12)
+        steps = []  # (phase, batch indices, train mode)
+        real = m.train_step
+
+        def spy(x, y, idx=None, extra=None):
+            steps.append(("memory" if m.grad_clip else "stream", idx.tolist(), m.model.training))
+            return real(x, y, idx, extra)
+        m.train_step = spy
+        tasks = [(torch.arange(13), torch.arange(36)), (torch.arange(13, 36), torch.arange(36))]
+        tr = Trainer(m, m.data, tasks, Settings.from_config(m.cfg))
+        tr.run_sample_wise_task(0)
+        stream0 = [s for s in steps if s[0] == "stream"]
+        mem0 = [s[2] for s in steps if s[0] == "memory"]
+        if intended:
+            assert [s[1] for s in stream0] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # memory empty; 12 dropped
+            assert all(mem0)
+        else:
+            assert [s[1] for s in stream0] == [list(range(8))] and m.pending.tolist() == list(range(8, 13))
+            assert sorted(m.memory.indices.tolist()) == list(range(8))  # 8-12 wait: not in the memory yet
+            assert mem0 and not any(mem0)  # eval mode: the evaluation at 10 came after the last step (at 8)
+        steps.clear()
+        m.grad_clip = None
+        tr.run_sample_wise_task(1)
+        stream1 = [s for s in steps if s[0] == "stream"]
+        assert all(s[2] for s in steps if s[0] == "memory")
+        if not intended:
+            assert [s[1] for s in stream1] == [list(range(8, 16)), list(range(16, 24)), list(range(24, 32))]
+            assert m.pending.tolist() == [32, 33, 34, 35]
+            assert [p["samples"] for p in tr.anytime] == [10, 20, 30]
 
 
 def test_rm_task_end_memory_is_chosen_by_uncertainty_only_as_intended():
