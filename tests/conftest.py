@@ -32,6 +32,12 @@ def mnist_dir(tmp_path_factory) -> Path:
     return _subset(tmp_path_factory, "mnist", MNIST_SRC, 300)
 
 
+@pytest.fixture(scope="session")
+def mnist100_dir(tmp_path_factory) -> Path:
+    """MNIST, first 100 train / 100 test images per class, from ../shared (the i-Blurry golden suite)."""
+    return _subset(tmp_path_factory, "mnist", MNIST_SRC, 100)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: mlp400's tiny ops only lose from two threads, badly on a busy 2-core CPU."""

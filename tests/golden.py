@@ -1,17 +1,22 @@
-"""The golden file of results: every method on a real MNIST subset, CPU, 1 torch thread, fixed seed.
+"""The golden files of results: every method on a real MNIST subset, CPU, 1 torch thread, fixed seed.
 
-A refactor changes no number: ``tests/test_golden.py`` reruns every case below and compares the
-results with ``tests/golden.json`` bit for bit. Regenerate it (only when a change of numbers is
-intended, and say so in the commit) with:
+A refactor changes no number: ``tests/test_golden.py`` reruns every case of both suites and compares the
+results with the golden files bit for bit. Two suites:
+- ``cvpr`` (``tests/golden.json``): the CVPR'21 protocol's methods, blurryM/disjoint, online/offline, on
+  the first 300 train and 300 test images per class;
+- ``iblurry`` (``tests/golden_iblurry.json``): the sample-wise i-Blurry protocol's methods and their
+  ``--as_intended`` variants, anytime curves included, on the first 100 train and 100 test images per
+  class (1,000 stream samples).
+Regenerate one (only when a change of numbers is intended, and say so in the commit) with:
 
-    .venv/bin/python -m tests.golden --write
+    .venv/bin/python -m tests.golden --suite cvpr --write
+    .venv/bin/python -m tests.golden --suite iblurry --write
 
 The runs use 1 thread and the CPU kernels every x86-64 machine runs alike (PINNED: ATen's
 portable kernels, MKL's conditional numerical reproducibility, oneDNN up to SSE4.1), so that the
 numbers do not depend on the machine's vector instructions; the script re-runs itself with that
-environment when it was started without it. It prepares MNIST (the first 300 train and 300 test
-images per class, from ../shared or $RM_SHARED) in a
-temporary folder, or uses ``--data_dir`` (a folder holding a prepared ``mnist/``).
+environment when it was started without it. It prepares MNIST (from ../shared or $RM_SHARED) in a
+temporary folder, or uses ``--data_dir`` (a folder holding a prepared ``mnist/`` of the suite's size).
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 GOLDEN = Path(__file__).with_name("golden.json")
+GOLDEN_IBLURRY = Path(__file__).with_name("golden_iblurry.json")
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
           "ONEDNN_MAX_CPU_ISA": "SSE41"}
@@ -60,6 +67,27 @@ CASES.update({
     "gdumb_disjoint": ["--mode", "gdumb", "--exp_name", "disjoint"],
     "finetune_prototype": ["--mode", "finetune", "--mem_manage", "prototype"],
 })
+# the i-Blurry protocol: every method, the --as_intended variants, anytime curves (10 evaluations)
+IBLURRY_PER_CLASS = 100
+IBLURRY_COMMON = ["--dataset", "mnist", "--device", "cpu", "--rnd_seed", "3", "--exp_name", "iblurry50_10",
+                  "--memory_size", "100", "--eval_period", "100", "--n_epoch", "2", "--transforms", "cutmix",
+                  "--online_iter", "0.25"]
+IBLURRY_CASES = {m: ["--mode", m] for m in ("er", "ewc++", "mir", "der++", "clib", "bic", "gdumb", "rm")}
+IBLURRY_CASES.update({f"{m}_intended": ["--mode", m, "--as_intended"] for m in ("ewc++", "mir", "clib", "rm")})
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One golden file: its cases, their common flags and the MNIST subset they run on."""
+
+    golden: Path
+    common: list[str]
+    cases: dict[str, list[str]]
+    per_class: int
+
+
+SUITES = {"cvpr": Suite(GOLDEN, COMMON, CASES, PER_CLASS),
+          "iblurry": Suite(GOLDEN_IBLURRY, IBLURRY_COMMON, IBLURRY_CASES, IBLURRY_PER_CLASS)}
 
 
 def environment() -> dict:
@@ -74,10 +102,10 @@ def pinned() -> bool:
     return all(os.environ.get(k) == v for k, v in PINNED.items())
 
 
-def run_case(name: str, data_dir: Path, out: Path) -> dict:
+def run_case(suite: Suite, name: str, data_dir: Path, out: Path) -> dict:
     """One case through main.main; the golden numbers of its result."""
     import main as rm_main
-    argv = [*COMMON, *CASES[name], "--data_dir", str(data_dir), "--out_dir", str(out), "--run_name", name]
+    argv = [*suite.common, *suite.cases[name], "--data_dir", str(data_dir), "--out_dir", str(out), "--run_name", name]
     with contextlib.redirect_stderr(io.StringIO()) as err:
         rc = rm_main.main(argv)
     if rc != 0:
@@ -86,22 +114,23 @@ def run_case(name: str, data_dir: Path, out: Path) -> dict:
     return {k: res[k] for k in KEYS if k in res}
 
 
-def prepared_mnist(tmp: Path) -> Path:
+def prepared_mnist(tmp: Path, per_class: int) -> Path:
     from tests.paths import MNIST_SRC
     from utils.prepare import prepare
-    prepare("mnist", source=str(MNIST_SRC), data_dir=str(tmp), per_class=PER_CLASS)
+    prepare("mnist", source=str(MNIST_SRC), data_dir=str(tmp), per_class=per_class)
     return tmp
 
 
-def run_all(data_dir: Path | None, names: list[str]) -> dict:
+def run_all(suite_name: str, data_dir: Path | None, names: list[str]) -> dict:
     import torch
     torch.set_num_threads(1)
+    suite = SUITES[suite_name]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = data_dir or prepared_mnist(tmp / "data")
-        results = {n: run_case(n, data, tmp / "out") for n in names}
-    return {"environment": environment(), "command": "python -m tests.golden --write",
-            "common_flags": COMMON, "cases": {n: CASES[n] for n in names}, "results": results}
+        data = data_dir or prepared_mnist(tmp / "data", suite.per_class)
+        results = {n: run_case(suite, n, data, tmp / "out") for n in names}
+    return {"environment": environment(), "command": f"python -m tests.golden --suite {suite_name} --write",
+            "common_flags": suite.common, "cases": {n: suite.cases[n] for n in names}, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,15 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         args = sys.argv[1:] if argv is None else argv
         return subprocess.call([sys.executable, "-m", "tests.golden", *args], cwd=ROOT, env={**os.environ, **PINNED})
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help=f"write {GOLDEN}")
+    p.add_argument("--suite", choices=list(SUITES), default="cvpr", help="which golden file (default: cvpr)")
+    p.add_argument("--write", action="store_true", help="write the suite's golden file")
     p.add_argument("--out", help="write the results here (JSON) instead")
-    p.add_argument("--data_dir", help="a folder holding a prepared mnist/ (300 train and 300 test images per class)")
-    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    p.add_argument("--data_dir", help="a folder holding a prepared mnist/ of the suite's size (cvpr: 300 train and "
+                                      "300 test images per class; iblurry: 100)")
+    p.add_argument("--cases", nargs="*", help="a subset of the suite's cases (default: all)")
     a = p.parse_args(argv)
-    got = run_all(Path(a.data_dir) if a.data_dir else None, a.cases)
+    suite = SUITES[a.suite]
+    names = a.cases or list(suite.cases)
+    unknown = sorted(set(names) - set(suite.cases))
+    if unknown:
+        p.error(f"unknown case(s) of suite {a.suite}: {', '.join(unknown)}; valid: {', '.join(suite.cases)}")
+    if a.write and a.cases:
+        p.error("--write records the whole suite: drop --cases")
+    got = run_all(a.suite, Path(a.data_dir) if a.data_dir else None, names)
     text = json.dumps(got, indent=1) + "\n"
     if a.write:
-        GOLDEN.write_text(text)
+        suite.golden.write_text(text)
     elif a.out:
         Path(a.out).write_text(text)
     else:

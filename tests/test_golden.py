@@ -1,4 +1,5 @@
-"""The refactor safety net: every golden case (tests/golden.py) gives tests/golden.json's numbers bit for bit."""
+"""The refactor safety net: every golden case of both suites (tests/golden.py) gives its golden file's numbers
+bit for bit (tests/golden.json: the CVPR'21 protocol; tests/golden_iblurry.json: the i-Blurry protocol)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.golden import GOLDEN, KEYS, PINNED
+from tests.golden import KEYS, PINNED, SUITES
 from tests.paths import ROOT
 
 
@@ -41,11 +42,13 @@ def test_first_difference_finds_the_last_bit():
     assert first_difference(a, {"r": {"x": [1.0, 0.1 + 0.2], "n": 3.0}}) == "/r/n: golden 3, now 3.0"
 
 
-def test_every_method_reproduces_the_golden_numbers(mnist_dir, tmp_path):
-    golden = json.loads(GOLDEN.read_text())
+@pytest.mark.parametrize("suite,data", [("cvpr", "mnist_dir"), ("iblurry", "mnist100_dir")])
+def test_every_method_reproduces_the_golden_numbers(suite, data, request, tmp_path):
+    golden = json.loads(SUITES[suite].golden.read_text())
     out = tmp_path / "now.json"
     env = {**os.environ, **PINNED}
-    r = subprocess.run([sys.executable, "-m", "tests.golden", "--data_dir", str(mnist_dir), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "tests.golden", "--suite", suite, "--data_dir",
+                        str(request.getfixturevalue(data)), "--out", str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     now = json.loads(out.read_text())
