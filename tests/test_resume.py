@@ -104,14 +104,21 @@ def test_resume_with_other_settings_is_refused(mnist_dir, tmp_path, capsys, monk
 
 
 def test_nan_loss_stops_naming_task_and_epoch(mnist_dir, tmp_path, caplog):
-    """EWC's penalty at a weight of 10^9 (in range) diverges; the run stops naming where, with exit code 3.
-    (A learning rate of 1e30 used to serve here; it is now refused as out of range.)"""
-    rc = rm_main.main(_args(mnist_dir, tmp_path, "ewc", "--transforms", "--reg_coef", "1e9"))
+    """EWC's penalty at a weight of 10^9 (in range) with Adam diverges; the run stops naming where, with exit
+    code 3. With SGD the same penalty is caught before: too stiff for the learning rate, the run stops after
+    the first training call with the largest weight it allows. (A learning rate of 1e30 used to serve here;
+    it is now refused as out of range.)"""
+    rc = rm_main.main(_args(mnist_dir, tmp_path, "ewc", "--transforms", "--reg_coef", "1e9", "--opt_name", "adam"))
     assert rc == 3
     log = (tmp_path / "logs" / "mnist" / "r.log").read_text()
     assert "training diverged: loss nan in task" in log or "training diverged: loss inf in task" in log
     assert "epoch" in log and "Lower --lr" in log
     assert not (tmp_path / "results" / "mnist" / "r.json").exists()
+    out = tmp_path / "sgd"
+    assert rm_main.main(_args(mnist_dir, out, "ewc", "--transforms", "--reg_coef", "1e9")) == 3
+    log = (out / "logs" / "mnist" / "r.log").read_text()
+    assert "the penalty after task 0's stream training is too stiff for SGD" in log and "loss nan" not in log
+    assert "no task finished. Start the run again with --reg_coef below" in log
 
 
 def test_resume_refuses_a_run_another_live_process_holds(mnist_dir, tmp_path, capsys):
