@@ -17,8 +17,7 @@ from configuration.config import ConfigError, base_parser, resolve
 from configuration.validate import (check_against_data, check_classes, check_device_flags, check_world,
                                     grey_fold_unused, unused_flags)
 from methods import build_method, get_method_class, method_names
-from methods.base import StopRun
-from methods.trainer import Settings, Trainer
+from methods.engine.trainer import Settings, StopRun, Trainer
 from utils.data.decode import DataError
 from utils.data.run_data import RunData, load_splits, normalisation, resolve_device, to_device
 from utils.data.iblurry import load_or_make_iblurry, parse_iblurry, read_clib_collection, relabel

@@ -14,9 +14,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from main import set_seed  # noqa: E402
-from methods.evaluation import EVAL_BATCH  # noqa: E402
-from methods.graph_step import AMP_CHOICES, COMPILE_CHOICES, GraphStep, autocast, compile_engine  # noqa: E402
-from methods.optim import make_optimizer  # noqa: E402
+from methods.engine.evaluation import EVAL_BATCH  # noqa: E402
+from methods.engine.graph_step import AMP_CHOICES, COMPILE_CHOICES, GraphStep, autocast, compile_engine  # noqa: E402
+from methods.engine.optim import make_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data.augment import TrainAugment, normalize  # noqa: E402
 from utils.data.batches import AUG_CHUNK  # noqa: E402
@@ -48,7 +48,7 @@ def sync(dev: torch.device) -> None:
 
 
 def sgd_step(model, opt, x, y, graph: GraphStep | None = None, amp: str = "off") -> None:
-    """One SGD step: eager, or forward + loss + backward through ``graph`` (methods.graph_step, as main.py's
+    """One SGD step: eager, or forward + loss + backward through ``graph`` (methods.engine.graph_step, as main.py's
     --compile runs the base step), under --amp's autocast."""
     opt.zero_grad(set_to_none=True)
     with autocast(x.device, amp):

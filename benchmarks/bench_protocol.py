@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import main as rm_main  # noqa: E402
-from methods.trainer import PHASE_TIMER  # noqa: E402
+from methods.engine.trainer import PHASE_TIMER  # noqa: E402
 from utils.data.decode import DataError  # noqa: E402
 from utils.data.run_data import resolve_device  # noqa: E402
 from utils.prepare.build import find_source  # noqa: E402
@@ -344,7 +344,7 @@ def profile_line(prof, cuda: bool, top: int = 4) -> str:
 
 
 def probed_trainer(base: type, probe: Probe) -> type:
-    """``base`` (methods.trainer.Trainer) with each timed hook and each evaluation inside ``probe.phase`` and the
+    """``base`` (methods.engine.trainer.Trainer) with each timed hook and each evaluation inside ``probe.phase`` and the
     batches of each training epoch counted (one optimizer step each)."""
 
     class ProbedTrainer(base):

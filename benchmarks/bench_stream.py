@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from main import set_seed  # noqa: E402
-from methods.optim import make_optimizer  # noqa: E402
+from methods.engine.optim import make_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.data import folder as D  # noqa: E402
 from utils.data.augment import normalize  # noqa: E402

@@ -17,9 +17,9 @@ from configuration.validate import (
     range_help,
 )
 from methods import get_method_class, method_names
-from methods.graph_step import AMP_CHOICES, COMPILE_CHOICES
+from methods.engine.graph_step import AMP_CHOICES, COMPILE_CHOICES
 from methods.memory import MANAGERS
-from methods.optim import OPTIMIZERS, SCHEDULERS
+from methods.engine.optim import OPTIMIZERS, SCHEDULERS
 from models import MODELS
 from utils.data.augment import TRANSFORMS, UNCERTAINTY_METRICS
 from utils.data.datasets import DATASETS, DEFAULT_PRESET, PRESET_KEYS, preset_for, preset_text

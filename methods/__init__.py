@@ -8,7 +8,7 @@ from pathlib import Path
 
 REGISTRY: dict[str, type] = {}  # the blurry/disjoint protocol (the CVPR'21 code)
 IBLURRY: dict[str, type] = {}  # the sample-wise i-Blurry protocol (the CLIB code)
-_NOT_METHODS = {"base", "distill", "evaluation", "memory", "optim", "regularization", "trainer"}  # hold no method
+_NOT_METHODS = {"base", "distill", "engine", "memory", "regularization"}  # hold no method
 
 
 def register(name: str, iblurry: bool = False):

@@ -1,6 +1,6 @@
 """The Method base: the hooks a method may override, its model, memory and loss, and its state as data.
 
-The trainer (methods.trainer) owns every loop and calls, per task: ``before_task`` -> for each
+The trainer (methods.engine.trainer) owns every loop and calls, per task: ``before_task`` -> for each
 training call of ``training_calls``: ``before_fit``, epochs of ``epoch_batches`` / ``chunk_extras``
 / ``train_step``, ``after_fit`` -> ``after_training`` -> ``update_memory`` (before the first call on
 the memory, else after training) -> ``after_task``. Evaluation asks ``before_eval``,
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.memory import Featurizer, MemoryManager, build_manager, model_featurizer
-from methods.graph_step import GraphStep, autocast, compile_engine
+from methods.engine.graph_step import GraphStep, autocast, compile_engine
 from methods.memory.uncertainty import vote_uncertainty
-from methods.optim import make_optimizer
+from methods.engine.optim import make_optimizer
 from models import build_model
 from utils.data.augment import TrainAugment, cutmix, normalize
 from utils.data.batches import shuffled_batches
@@ -25,17 +25,6 @@ from utils.data.run_data import RunData
 from utils.run import dist
 
 logger = logging.getLogger("rm")
-
-
-class StopRun(Exception):
-    """A run that cannot go on: the trainer keeps the checkpoint of the tasks before ``task_id``, and
-    the log gives the message and ``advice``."""
-
-    advice = ""
-
-    def __init__(self, task_id: int, message: str) -> None:
-        super().__init__(message)
-        self.task_id = task_id
 
 
 class Method:
@@ -50,6 +39,7 @@ class Method:
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
     grad_clip: float | None = None  # a gradient-norm limit for train_step (the CLIB code's rm on its memory)
+    after_fit_timer: str | None = None  # the phase timer of after_fit's work (EWC/RWalk: "importance")
 
     def __init__(self, cfg, data: RunData, device: torch.device, writer=None) -> None:
         self.cfg = cfg
@@ -79,12 +69,12 @@ class Method:
             if engine is not None and self.graph_step_ok() and not dist.info().active else None
 
     def graph_sizes(self) -> tuple[int, ...]:
-        """The whole-batch sizes of this method's steps, each a compiled graph (methods.graph_step)."""
+        """The whole-batch sizes of this method's steps, each a compiled graph (methods.engine.graph_step)."""
         return (self.cfg.batchsize,)
 
     @classmethod
     def graph_step_ok(cls) -> bool:
-        """Whether this method's step can run as a compiled graph (methods.graph_step): the base step and
+        """Whether this method's step can run as a compiled graph (methods.engine.graph_step): the base step and
         loss (a method with its own step or loss takes the eager step)."""
         return (cls.train_step is Method.train_step and cls.criterion is Method.criterion
                 and cls.extra_loss is Method.extra_loss)

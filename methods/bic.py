@@ -11,7 +11,7 @@ from torch import nn
 from methods import register
 from methods.base import Method
 from methods.distill import kd_loss
-from methods.evaluation import EVAL_BATCH
+from methods.engine.evaluation import EVAL_BATCH
 from methods.memory.base import rank_within_class
 
 logger = logging.getLogger("rm")

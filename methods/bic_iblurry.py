@@ -15,7 +15,7 @@ from methods.bic import per_class_take
 from methods.distill import kd_loss
 from methods.er import ER, LR_DECAY
 from methods.memory.base import rank_within_class
-from methods.online_protocol import StepCounter, first_positions
+from methods.engine.online_protocol import StepCounter, first_positions
 from utils.data.augment import cutmix
 from utils.data.run_data import RunData
 

@@ -13,7 +13,7 @@ from methods.base import Method
 from methods.clib_rules import (LR_FACTOR, loss_change, lr_decision, newcomer_importance, replacement_slot,
                                 update_importance)
 from methods.er import ER
-from methods.online_protocol import StepCounter, grow_head
+from methods.engine.online_protocol import StepCounter, grow_head
 
 logger = logging.getLogger("rm")
 LR_PERIOD = 10  # training calls per lr phase (the CLIB code's lr_period)

@@ -13,7 +13,7 @@ import torch
 
 from methods import register
 from methods.base import Method
-from methods.online_protocol import StepCounter, grow_head
+from methods.engine.online_protocol import StepCounter, grow_head
 
 logger = logging.getLogger("rm")
 LR_DECAY = 0.9999  # per training step; the learning rate restarts at --lr at every new class

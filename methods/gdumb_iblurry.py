@@ -6,8 +6,8 @@ import torch
 from methods import register
 from methods.base import Method
 from methods.er import ER
-from methods.online_protocol import StepCounter, trainable
-from methods.optim import make_optimizer, warm_start_lr
+from methods.engine.online_protocol import StepCounter, trainable
+from methods.engine.optim import make_optimizer, warm_start_lr
 from utils.data.batches import shuffled_batches
 
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from methods import register
 from methods.base import Method
-from methods.evaluation import EVAL_BATCH
-from methods.optim import make_optimizer
+from methods.engine.evaluation import EVAL_BATCH
+from methods.engine.optim import make_optimizer
 from models.feature_head import FeatureHeadNet
 from utils.data.augment import cutmix, normalize
 

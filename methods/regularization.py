@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from methods.base import Method, StopRun
-from methods.optim import SGD_STABLE
+from methods.base import Method
+from methods.engine.trainer import StopRun
+from methods.engine.optim import SGD_STABLE
 from utils.data.batches import shuffled_batches
 
 FISHER_CHUNK = 512  # samples per vmapped Fisher chunk (per-batch gradients of the chunk live at once)
@@ -172,6 +173,7 @@ class RegularizedMethod(Method):
     # the anchors, the Fisher's penalty offset and RWalk's EMA differ slightly: the fold is not exact
     # (README, "The baselines"). --grey_fold all folds anyway, with importances in per-slice units.
     exact_grey_fold = False
+    after_fit_timer = "importance"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

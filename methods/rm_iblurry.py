@@ -9,8 +9,8 @@ from methods import register
 from methods.base import Method
 from methods.er import ER
 from methods.memory import build_manager
-from methods.online_protocol import StepCounter, trainable
-from methods.optim import make_optimizer
+from methods.engine.online_protocol import StepCounter, trainable
+from methods.engine.optim import make_optimizer
 from utils.data.batches import shuffled_batches
 
 logger = logging.getLogger("rm")

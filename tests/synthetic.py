@@ -6,7 +6,7 @@ import torch
 from configuration.config import base_parser, resolve
 from methods import build_method, method_names
 from methods.base import Method
-from methods.trainer import Settings, Trainer
+from methods.engine.trainer import Settings, Trainer
 from utils.data.folder import ImageSet
 from utils.data.iblurry import parse_iblurry
 from utils.data.run_data import RunData

@@ -12,7 +12,7 @@ from torch import nn
 from methods import get_method_class
 from methods.bic import bias_layer_step
 from methods.bic_iblurry import BiCIBlurry, correct_logits, fit_bias_layer, held_out_plan
-from methods.trainer import Settings, Trainer
+from methods.engine.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

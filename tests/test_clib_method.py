@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.online_protocol import StepCounter
+from methods.engine.online_protocol import StepCounter
 from tests.synthetic import synthetic_method
 from utils.data.augment import normalize
 

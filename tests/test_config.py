@@ -16,7 +16,7 @@ import main as rm_main
 from configuration.config import ConfigError, base_parser, resolve
 from methods import method_names
 from methods.memory import MANAGERS
-from methods.optim import OPTIMIZERS, SCHEDULERS
+from methods.engine.optim import OPTIMIZERS, SCHEDULERS
 from models import MODELS
 from utils.data.augment import TRANSFORMS, UNCERTAINTY_METRICS
 from utils.data.datasets import DATASETS, preset_for

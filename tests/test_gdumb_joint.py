@@ -8,7 +8,7 @@ import torch
 
 import main as rm_main
 from methods import build_method
-from methods.trainer import Settings, Trainer
+from methods.engine.trainer import Settings, Trainer
 from models.mlp import FinalBlock
 
 

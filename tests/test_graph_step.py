@@ -1,4 +1,4 @@
-"""The compiled training step (methods.graph_step): equal to the eager step within a stated tolerance, rebuilt
+"""The compiled training step (methods.engine.graph_step): equal to the eager step within a stated tolerance, rebuilt
 whenever the head, the model or the trained parameters change, eager at other batch shapes; --compile and --amp
 checked and run end to end."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from main import main
-from methods.graph_step import GraphStep, compile_engine
+from methods.engine.graph_step import GraphStep, compile_engine
 from tests.synthetic import synthetic_method
 
 # after 12 SGD steps with cutmix (mlp400, batch 16), compiled (inductor's C++ kernels, which reorder the float
@@ -210,7 +210,7 @@ def fifty_steps(engine: str, dev: torch.device, n: int = 50, timed: bool = True)
     import time
 
     from main import set_seed
-    from methods.optim import make_optimizer
+    from methods.engine.optim import make_optimizer
     from models import build_model
 
     def fresh():

@@ -10,7 +10,7 @@ import pytest
 
 import main as rm_main
 from methods import method_names
-from methods.trainer import Trainer
+from methods.engine.trainer import Trainer
 
 NUMBERS = ("task_acc", "cls_acc", "A_last", "F_last", "A_auc", "anytime", "memory_class_counts")
 INTENDED = ("rm", "ewc++", "mir", "clib")  # the methods --as_intended changes

@@ -7,8 +7,8 @@ import torch
 
 from methods.memory import build_manager
 from methods.memory.greedy_balanced import balanced_insert
-from methods.online_protocol import StepCounter
-from methods.trainer import Settings, Trainer
+from methods.engine.online_protocol import StepCounter
+from methods.engine.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.online_protocol import StepCounter, exposure_ranks, grow_head
+from methods.engine.online_protocol import StepCounter, exposure_ranks, grow_head
 from utils.report.metrics import a_auc, f_last_per_class
 
 

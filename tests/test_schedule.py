@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from methods.optim import make_optimizer
+from methods.engine.optim import make_optimizer
 from tests.synthetic import synthetic_method, trainer_for
 
 LR, EPOCHS = 0.05, 256

@@ -14,10 +14,10 @@ import torch  # noqa: E402
 
 import main as rm_main  # noqa: E402
 from methods import build_method  # noqa: E402
-from methods.evaluation import evaluate  # noqa: E402
+from methods.engine.evaluation import evaluate  # noqa: E402
 from methods.memory import model_featurizer  # noqa: E402
 from methods.memory.uncertainty import diverse_by_uncertainty, vote_uncertainty  # noqa: E402
-from methods.trainer import Settings, Trainer  # noqa: E402
+from methods.engine.trainer import Settings, Trainer  # noqa: E402
 from utils.run import dist  # noqa: E402
 
 

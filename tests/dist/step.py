@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from methods.optim import make_optimizer  # noqa: E402
+from methods.engine.optim import make_optimizer  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.run import dist  # noqa: E402
 

@@ -11,25 +11,38 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
 
-from methods.base import Method, StopRun
-from methods.evaluation import evaluate
-from methods.online_protocol import StepCounter, first_positions
-from methods.optim import warm_start_lr
+from methods.engine.evaluation import evaluate
+from methods.engine.online_protocol import StepCounter, first_positions
+from methods.engine.optim import warm_start_lr
 from utils.data.batches import aug_spans
 from utils.data.folder import read_ahead
 from utils.data.run_data import RunData
 from utils.run import dist
 from utils.run.tb import log_task
 
+if TYPE_CHECKING:  # the engine knows a method by its hooks only
+    from methods.base import Method
+
 logger = logging.getLogger("rm")
 
 Task = tuple[torch.Tensor, torch.Tensor]  # (training indices, test indices) of one task
 PHASE_TIMER = {"stream": "stream_pass", "memory": "memory_epochs", "offline": "offline_epochs"}
+
+
+class StopRun(Exception):
+    """A run that cannot go on: the checkpoint of the tasks before ``task_id`` is kept, and the log gives
+    the message and ``advice``."""
+
+    advice = ""
+
+    def __init__(self, task_id: int, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class DivergedError(StopRun):
@@ -277,8 +290,8 @@ class Trainer:
         t0 = time.perf_counter()
         m.after_fit(self.task_id, phase)
         dt = time.perf_counter() - t0
-        if type(m).after_fit is not Method.after_fit:  # EWC/RWalk's importance: its own phase
-            self.timers["importance"] += dt
+        if m.after_fit_timer:  # EWC/RWalk's importance: its own phase
+            self.timers[m.after_fit_timer] += dt
         return res
 
     def evaluates_epoch(self, epoch: int, n_epoch: int) -> bool:
