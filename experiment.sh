@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 PY=${PY:-.venv/bin/python}; [ -x "$PY" ] || PY=python3
 
 # CIL CONFIG
-MODES=${MODES:-"rm"}                 # finetune rm (baselines: see README)
+MODES=${MODES:-"rm"}                 # finetune rm (every method: see README, methods and settings)
 MEM_MANAGE=${MEM_MANAGE:-"default"}  # default, random, reservoir, uncertainty, prototype, class_balanced
 SEEDS=${SEEDS:-"1 2 3"}
 DATASET=${DATASET:-"mnist"}          # mnist, fashion_mnist, cifar10, cifar100, imagenet or any folder under dataset/

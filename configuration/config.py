@@ -64,7 +64,7 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=_Help,
                                 usage="python main.py [--mode MODE] [--dataset NAME] [--exp_name SPLIT] [flags below]")
     a = p.add_argument_group("the run: method, data, split and stream").add_argument
-    a("--mode", default="rm", choices=modes, help="the method (README: methods and their protocols)")
+    a("--mode", default="rm", choices=modes, help="the method (README: methods and settings)")
     a("--dataset", default="mnist", help=f"folder name under --data_dir: {', '.join(DATASETS)} (their presets), "
                                          "or any image folder <name>/train|test/<class>/<image>")
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")
@@ -184,7 +184,7 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
       help="the training step (forward, loss, backward) of rm, finetune, gdumb and joint as compiled graphs at "
            "full batches: 'graphs' replays them as CUDA graphs (CUDA only), 'inductor' compiles kernels "
            "(CUDA graphs of them on a GPU), 'auto' is graphs on CUDA and eager on the CPU, 'off' eager; the "
-           "numbers agree with the eager step's within float rounding (README: compiled steps)")
+           "numbers agree with the eager step's within float rounding (docs/gpu.md)")
     a("--amp", default="off", choices=AMP_CHOICES,
       help="'bf16': training steps and evaluation under bfloat16 autocast (faster on a GPU; the numbers are no "
            "longer comparable with the public code's fp32); 'off': fp32")
@@ -192,7 +192,7 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
       help="mlp400 on grey images with SGD keeps one input weight for its 3 identical channels (3x less work): "
            "'auto' wherever that is exact (every method but ewc/rwalk, whose penalty sees each channel slice, and "
            "weight decay makes the slices drift apart); 'all' also for ewc/rwalk (per-slice importances; not "
-           "exact, see README); 'off' never")
+           "exact, see docs/baselines.md); 'off' never")
     a("--dist_timeout", type=float, default=1800.0, metavar="S",
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "

@@ -56,7 +56,7 @@ RANGES: dict[str, Range] = {
     "online_iter": Range(0, 1000, lo_open=True),
     "temp_batchsize": Range(1, 65536, data="at most --batchsize"),
 }
-# --rwalk_score paper with SGD: the largest reg_coef x lr at which online runs trained on MNIST (README)
+# --rwalk_score paper with SGD: the largest reg_coef x lr at which online runs trained on MNIST (docs/baselines.md)
 RWALK_PAPER_MAX = 0.05
 # flags that only some methods read: (the modes that use it, the default filled in when unset)
 METHOD_FLAGS: dict[str, tuple[tuple[str, ...], object]] = {
@@ -136,7 +136,7 @@ def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool)
                           "drop it for blurry/disjoint runs")
     if iblurry and cfg.mem_manage not in (None, "default"):
         raise ConfigError(f"--mem_manage {cfg.mem_manage}: the i-Blurry protocol's methods keep the memory their "
-                          "papers define (README: i-Blurry-N-M); drop --mem_manage")
+                          "papers define (docs/iblurry.md); drop --mem_manage")
     if iblurry and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
     if sample_wise and cfg.temp_batchsize > cfg.batchsize:

@@ -171,7 +171,7 @@ class RegularizedMethod(Method):
     # The penalty sees each channel slice of mlp400's input weight. On grey input the slices share
     # their gradients, but weight decay pulls each toward 0 by its own value, so their drifts from
     # the anchors, the Fisher's penalty offset and RWalk's EMA differ slightly: the fold is not exact
-    # (README, "The baselines"). --grey_fold all folds anyway, with importances in per-slice units.
+    # (docs/baselines.md). --grey_fold all folds anyway, with importances in per-slice units.
     exact_grey_fold = False
     after_fit_timer = "importance"
 

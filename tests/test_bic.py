@@ -157,7 +157,7 @@ def test_bic_runs_end_to_end(mnist_dir: Path, tmp_path: Path, split: str, env: s
     assert math.isfinite(res["A_last"]) and res["A_last"] == res["A_last_final"]  # BiC records the final model
     # chance is 10 (blurry10: 10 classes) or below (disjoint: 2 new classes of 10 learned last);
     # measured here for blurry10, seeds 1 and 2: 24.0 and 24.5 without distillation, 18.6 and 19.2 with
-    # (from task 1 on the distilled model only distils its own task-0 self: see the README)
+    # (from task 1 on the distilled model only distils its own task-0 self: see docs/baselines.md)
     assert res["A_last"] > (10 if split == "disjoint" else 14), res["task_acc"]
     assert all(sum(c) == 90 for c in res["memory_class_counts"])  # 100 - 10 held out
     log = (tmp_path / "logs" / "mnist" / f"{res['config']['run_name']}.log").read_text()

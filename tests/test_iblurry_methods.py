@@ -24,7 +24,7 @@ VARIANTS += [(m, ("--as_intended",), m in ("rm", "ewc++")) for m in INTENDED if 
 FLOOR = {"gdumb": (35.0, 30.0), "rm": (35.0, 15.0)}
 # every task of this subset holds 600 samples, so at --eval_period 300 each ends on an evaluation, and the CLIB
 # code's rm then trains its memory epochs in eval mode (its defect, reproduced): A_last falls to about 20 in
-# both codes (README). At 400 tasks 0, 2 and 4 end on a step
+# both codes (docs/iblurry.md). At 400 tasks 0, 2 and 4 end on a step
 PERIOD = {("rm", ()): 400}
 
 
