@@ -83,7 +83,7 @@ def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     check_against_data(cfg, n_classes, [len(t) for t in streams.train], train.images.shape[1], train.images.shape[-1])
     mean, std, stats = normalisation(cfg.dataset, train, root, cfg.input_size, not cfg.no_cache)
     data, tasks = to_device(train, test, streams, mean, std, f"{info}; mean/std {stats}", device)
-    if get_method_class(cfg.mode, spec is not None).single_task:
+    if get_method_class(cfg.mode).single_task:
         tasks = [(torch.cat([a for a, _ in tasks]), torch.cat([b for _, b in tasks]))]
     if cfg.joint_acc == "auto":
         found = find_joint_acc(Path(cfg.out_dir) / "results" / cfg.dataset, cfg.rnd_seed, cfg.model_name,
@@ -172,7 +172,7 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
         result["F_last"] = metrics.f_last_per_class(rec["cls_acc"])
         result["notes"]["F_last"] = ("i-Blurry: the mean, over classes with a non-zero best accuracy before the last "
                                      "task, of that best accuracy minus the class's accuracy after the last task")
-    if cfg.eval_period:
+    if cfg.eval_period and trainer.anytime:  # joint, one offline task, has no anytime curve
         result["anytime"] = trainer.anytime
         result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])
         result["notes"]["anytime"] = (f"accuracy on the test samples of the exposed classes every {cfg.eval_period} "
@@ -217,7 +217,7 @@ def start_log(cfg: argparse.Namespace, paths: RunPaths, device: torch.device, da
 def build_trainer(cfg: argparse.Namespace, data: RunData, tasks: Tasks, device: torch.device, writer,
                   state: dict | None) -> Trainer:
     """The method and its trainer, restored from a checkpoint ``state`` (with the RNG states)."""
-    method = build_method(cfg.mode, cfg, data, device, writer, iblurry=parse_iblurry(cfg.exp_name) is not None)
+    method = build_method(cfg.mode, cfg, data, device, writer)
     trainer = Trainer(method, data, tasks, Settings.from_config(cfg), writer)
     if state:
         method.load_state_dict(state["method"])
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ignored = unused_flags(args)
         cfg = resolve(args)
         check_world(cfg, dist.env_world())
-        own_step = not get_method_class(cfg.mode, parse_iblurry(cfg.exp_name) is not None).graph_step_ok()
+        own_step = not get_method_class(cfg.mode).graph_step_ok()
         ignored += check_device_flags(cfg, torch.cuda.is_available(), own_step)
         if not cfg.dry_run:
             dist.init(resolve_device(cfg.device).type, cfg.dist_timeout)

@@ -7,7 +7,6 @@ import argparse
 from configuration.validate import (
     ConfigError,
     check_combinations,
-    check_protocol,
     check_sample_wise,
     check_lists,
     check_names,
@@ -16,7 +15,7 @@ from configuration.validate import (
     fill_method_flags,
     range_help,
 )
-from methods import get_method_class, method_names
+from methods import get_method_class
 from methods.engine.graph_step import AMP_CHOICES, COMPILE_CHOICES
 from methods.memory import MANAGERS
 from methods.engine.optim import OPTIMIZERS, SCHEDULERS
@@ -56,8 +55,9 @@ def _preset(key: str) -> str:
 
 DESCRIPTION = """Rainbow Memory (CVPR 2021) and its baselines and successors in class-incremental continual
 learning: the CVPR'21 protocol (--exp_name blurryM / disjoint, --stream_env online / offline) and the
-sample-wise i-Blurry protocol of CLIB (--exp_name iblurryN_M). Flags left unset take the dataset's preset
-(the public scripts' settings); every run checks its settings before it writes anything (exit 2)."""
+sample-wise i-Blurry protocol of CLIB (--exp_name iblurryN_M); every --mode runs in both. Flags left unset
+take the dataset's preset (the public scripts' settings); every run checks its settings before it writes
+anything (exit 2)."""
 
 
 def base_parser(modes: list[str]) -> argparse.ArgumentParser:
@@ -146,8 +146,9 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
       help=range_help("online_iter", "i-Blurry: training steps per stream sample (a fraction counts up: 0.25 = "
                                      "one step per 4 samples); default 1"))
     a("--temp_batchsize", type=int, metavar="N",
-      help=range_help("temp_batchsize", "i-Blurry: stream samples gathered before they train (with memory samples "
-                                        "up to --batchsize); default --batchsize // 2 (rm: --batchsize)"))
+      help=range_help("temp_batchsize", "i-Blurry, and er, ewc++, mir, der++, clib in any setting: stream samples "
+                                        "gathered before they train (with memory samples up to --batchsize); default "
+                                        "--batchsize // 2 (rm: --batchsize; clib, gdumb: 1)"))
     a("--as_intended", action="store_true", default=None,
       help="i-Blurry: run the method as its paper intends where the CLIB code has a defect (SPEC section 12): rm "
            "as the CVPR'21 code runs it (steps of half stream, half memory; the memory chosen at each task end by "
@@ -211,10 +212,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     except SplitError:
         raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, blurryM "
                           f"for an integer 0<M<100 (no leading zero), or iblurryN_M (percentages 0-100)") from None
-    check_protocol(args.mode, iblurry is not None, method_names(iblurry is not None))
-    cls = get_method_class(args.mode, iblurry is not None)
-    sample_wise = cls.sample_wise
-    for k, v in getattr(cls, "protocol_defaults", {}).items():  # CLIB's optimisers (SPEC section 12) unless given
+    args.protocol = "sample_wise" if iblurry is not None else "epochs"
+    args.follow = ("paper" if args.as_intended else "clib") if iblurry is not None else "cvpr21"
+    cls = get_method_class(args.mode).form(args.follow)
+    for k, v in cls.hyper_defaults(args.follow).items():  # the method's own optimiser (CLIB's Adam) unless given
         if getattr(args, k) is None:
             setattr(args, k, v)
     pre = preset_for(args.dataset, args.exp_name)
@@ -225,11 +226,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if iblurry is not None:
         args.n_init_cls = 1  # the head starts with one output and grows per exposed class
         args.eval_period = args.eval_period or 100  # anytime evaluation is the protocol
-    if sample_wise and args.temp_batchsize is None:
-        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize, bool(args.as_intended))
+    chunked = iblurry is not None or cls.replays  # the stream trains in chunks of --temp_batchsize
+    if chunked and args.temp_batchsize is None:
+        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize, args.follow)
     check_ranges(args)
     check_lists(args)
-    check_sample_wise(args, iblurry is not None, sample_wise)
-    check_combinations(args, cls.stream_pass)
+    check_sample_wise(args, iblurry is not None, chunked)
+    check_combinations(args, cls.stream_pass or iblurry is not None)  # sample-wise: gdumb trains at each evaluation
     check_output(args.out_dir)
     return args

@@ -118,19 +118,9 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
                           "memory")
 
 
-def check_protocol(mode: str, iblurry: bool, modes: list[str]) -> None:
-    """--mode must be a method of the protocol --exp_name picks (``modes``: that protocol's methods)."""
-    if mode in modes:
-        return
-    if iblurry:
-        raise ConfigError(f"--mode {mode} does not run in the sample-wise i-Blurry protocol (--exp_name iblurryN_M); "
-                          f"its methods: {', '.join(modes)}; or use a blurryM/disjoint split")
-    raise ConfigError(f"--mode {mode} runs in the i-Blurry protocol only: give --exp_name iblurryN_M "
-                      "(e.g. iblurry50_10)")
-
-
-def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool) -> None:
-    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample and online; --as_intended belongs to it."""
+def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, chunked: bool) -> None:
+    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample and online; --as_intended belongs to it;
+    ``chunked``: the stream trains in chunks of --temp_batchsize (i-Blurry, or a replaying method)."""
     if cfg.as_intended and not iblurry:
         raise ConfigError("--as_intended changes methods of the i-Blurry protocol only (--exp_name iblurryN_M); "
                           "drop it for blurry/disjoint runs")
@@ -139,7 +129,7 @@ def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, sample_wise: bool)
                           "papers define (docs/iblurry.md); drop --mem_manage")
     if iblurry and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
-    if sample_wise and cfg.temp_batchsize > cfg.batchsize:
+    if chunked and cfg.temp_batchsize > cfg.batchsize:
         raise ConfigError(f"--temp_batchsize {cfg.temp_batchsize} exceeds --batchsize {cfg.batchsize}: the stream "
                           "samples of a step cannot be more than its batch")
 

@@ -1,10 +1,15 @@
 """The Method base: the hooks a method may override, its model, memory and loss, and its state as data.
 
-The trainer (methods.engine.trainer) owns every loop and calls, per task: ``before_task`` -> for each
-training call of ``training_calls``: ``before_fit``, epochs of ``epoch_batches`` / ``chunk_extras``
-/ ``train_step``, ``after_fit`` -> ``after_training`` -> ``update_memory`` (before the first call on
-the memory, else after training) -> ``after_task``. Evaluation asks ``before_eval``,
-``eval_scores`` and ``predict_labels``."""
+The trainer (methods.engine) owns every loop and both protocols; a method answers events, never knowing
+which protocol sends them. Per task: ``before_task`` (with the classes the task shows at its start) ->
+``expose`` for each class that appears later (sample-wise) -> the stream: per chunk of new samples
+``remember`` (first when ``remember_first``), ``steps_due`` steps of ``replay_batch`` -> ``train_step``,
+``remember`` -> ``after_stream`` -> for each training call of ``training_calls``: ``before_fit``, epochs of
+``epoch_batches`` / ``chunk_extras`` / ``train_step``, ``after_fit`` -> ``after_training`` ->
+``update_memory`` (before the first call on the memory, else after training) -> ``after_task``. Evaluation
+asks ``before_eval``, ``eval_scores`` and ``predict_labels``. ``cfg.follow`` names whose rules a method
+keeps where they differ: "cvpr21" (the CVPR'21 code, blurry/disjoint), "clib" (the CLIB code, i-Blurry) or
+"paper" (--as_intended, and settings no public code runs)."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +21,7 @@ from torch import nn
 
 from methods.memory import Featurizer, MemoryManager, build_manager, model_featurizer
 from methods.engine.graph_step import GraphStep, autocast, compile_engine
+from methods.engine.online_protocol import StepCounter, grow_head
 from methods.memory.uncertainty import vote_uncertainty
 from methods.engine.optim import make_optimizer
 from models import build_model
@@ -35,7 +41,8 @@ class Method:
     exact_grey_fold = True  # False: the fold is not exact for this method (EWC/RWalk); --grey_fold all forces it
     single_task = False  # joint: every task merged into one
     stream_pass = True  # an online run trains on the stream once (gdumb and joint do not)
-    sample_wise = False  # True: the i-Blurry protocol's sample-by-sample training (trainer.run_sample_wise_task)
+    replays = False  # True: each step draws its replay from a memory that learns from every step (ER's family)
+    remember_first = False  # True: a chunk's samples enter the memory before its steps (CLIB)
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
     grad_clip: float | None = None  # a gradient-norm limit for train_step (the CLIB code's rm on its memory)
@@ -48,6 +55,7 @@ class Method:
         self.writer = writer
         ch = getattr(cfg, "in_channels", None)
         self.in_channels = ch if ch is not None else (3 if cfg.model_name == "mlp400" else data.train.images.shape[1])
+        self.follow = getattr(cfg, "follow", "cvpr21")
         self.head = "initial"  # how the current head was made: "initial" (new_model) or "linear" (replace_head)
         self.model = self.new_model(cfg.n_init_cls)
         mem = cfg.mem_manage if cfg.mem_manage not in (None, "default") else self.default_memory
@@ -68,6 +76,16 @@ class Method:
         self.graph = GraphStep(engine, self.graph_sizes(), device, self.amp, strict=choice != "auto") \
             if engine is not None and self.graph_step_ok() and not dist.info().active else None
 
+    @classmethod
+    def hyper_defaults(cls, follow: str) -> dict:
+        """The method's own optimiser settings where ``follow`` runs it, unless given (else the dataset's preset)."""
+        return {}
+
+    @classmethod
+    def form(cls, follow: str) -> type:
+        """The class that runs this method when ``follow`` (cfg.follow) names whose rules it keeps: itself."""
+        return cls
+
     def graph_sizes(self) -> tuple[int, ...]:
         """The whole-batch sizes of this method's steps, each a compiled graph (methods.engine.graph_step)."""
         return (self.cfg.batchsize,)
@@ -85,6 +103,11 @@ class Method:
 
     def memory_size(self) -> int:
         return self.cfg.memory_size
+
+    @staticmethod
+    def default_temp_batchsize(batchsize: int, follow: str) -> int:
+        """--temp_batchsize when not given: the stream samples of a step, half the batch (the CLIB code)."""
+        return max(1, batchsize // 2)
 
     # ----------------------------------------------------------------- model
     def new_model(self, n_out: int) -> nn.Module:
@@ -104,6 +127,16 @@ class Method:
         """A new optimizer and scheduler over the trained parameters (reset every task)."""
         self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model,
                                                         self.cfg.sched_name)
+
+    def expand_head(self, n_out: int) -> None:
+        """Outside the CVPR'21 code's settings: the head grows keeping the old classes' rows (fresh biases);
+        the initial head (linear + batch norm) becomes a plain linear one before anything trains it."""
+        fc = self.model.fc
+        if not isinstance(fc, nn.Linear):
+            self.replace_head(n_out)
+            return
+        self.model.fc = grow_head(fc, n_out)
+        self.head = "linear"
 
     @property
     def net(self) -> nn.Module:
@@ -136,21 +169,58 @@ class Method:
         return [("stream", 1), ("memory", self.cfg.n_epoch)] if online else [("offline", self.cfg.n_epoch)]
 
     # ----------------------------------------------------------------- hooks
-    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
-        """Grow the exposed classes, replace the head (public code: fresh nn.Linear with bias),
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor,
+                    shown: list[int] | None = None) -> None:
+        """Expose the classes ``shown`` at the task's start (None: every class of the stream); the head: the
+        CVPR'21 code replaces it every task (a fresh nn.Linear with bias), elsewhere it grows keeping its rows;
         reset optimizer and scheduler."""
         self.stream = stream[torch.randperm(len(stream), device=self.device)]
-        incoming = torch.unique(self.data.train_labels[stream]).tolist()
-        self.exposed |= set(int(c) for c in incoming)
+        shown = torch.unique(self.data.train_labels[stream]).tolist() if shown is None else shown
+        self.exposed |= set(int(c) for c in shown)
         self.num_learning_class = max(len(self.exposed), self.num_learning_class)
         new_out = max(self.n_out, self.head_size())
         if self.cfg.init_model:
             self.model = self.new_model(new_out)
-        else:
+        elif self.follow == "cvpr21":
             self.replace_head(new_out)
+        elif new_out > self.n_out or self.head == "initial":
+            self.expand_head(new_out)
         self.build_optimizer()
         logger.info("Task %d: %d stream samples, %d memory, head %d outputs", task_id, len(stream), len(self.memory),
                     new_out)
+
+    def expose(self, labels: list[int]) -> None:
+        """Classes ``labels`` appear for the first time mid-task: the head grows (old rows kept) and the
+        optimizer is rebuilt over the new parameters."""
+        self.exposed |= set(labels)
+        self.num_learning_class = max(len(self.exposed), self.num_learning_class)
+        if self.head_size() > self.n_out:
+            self.expand_head(self.head_size())
+            self.build_optimizer()
+
+    # ----------------------------------------------------------------- the stream, a chunk at a time
+    def chunk_ends(self, n: int, temp_batchsize: int) -> list[int]:
+        """Ends of the chunks of ``n`` new stream samples that train together: every --temp_batchsize samples
+        (BiC ends a chunk where its temporary batch fills, its held-out samples skipped)."""
+        return list(range(temp_batchsize, n, temp_batchsize)) + [n] if n else []
+
+    def steps_due(self, counter: StepCounter, n_samples: int) -> int:
+        """Training steps a full chunk of ``n_samples`` earns (the counter's rule: ``online_iter`` each)."""
+        return counter.add(n_samples) if self.stream_pass else 0
+
+    def replay_batch(self, temp: torch.Tensor) -> torch.Tensor:
+        """A step's samples: the chunk's, then up to --batchsize - len(temp) memory samples drawn uniformly."""
+        mem = self.memory.indices
+        k = min(self.cfg.batchsize - len(temp), len(mem))
+        if k <= 0:
+            return temp
+        return torch.cat([temp, mem[torch.randperm(len(mem), device=mem.device)[:k]]])
+
+    def remember(self, temp: torch.Tensor, task_id: int) -> None:
+        """A trained chunk's samples and the memory: nothing here, it is chosen at the task end (update_memory)."""
+
+    def after_stream(self, task_id: int) -> None:
+        """After the task's stream, before its training calls and its evaluation."""
 
     def before_fit(self, phase: str) -> None:
         """Before each training call."""
@@ -276,7 +346,7 @@ class Method:
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "memory": self.memory.state_dict(), "exposed": sorted(self.exposed),
                 "num_learning_class": self.num_learning_class, "samples": dict(self.samples),
-                "extra": self.extra_state()}
+                "training": self.model.training, "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Rebuild the model to the saved head, then load every part (tensors moved to the device)."""
@@ -285,6 +355,7 @@ class Method:
         else:
             self.replace_head(state["n_out"])
         self.model.load_state_dict(state["model"])
+        self.model.train(state.get("training", True))
         self.exposed = set(state["exposed"])
         self.num_learning_class = state["num_learning_class"]
         self.samples = dict(state["samples"])

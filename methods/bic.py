@@ -84,12 +84,21 @@ class BiC(Method):
         """All bias layers, each on the classes first exposed in its task."""
         return logits if self.identity else apply_bias(logits, self.alpha, self.beta)
 
-    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
+    @classmethod
+    def form(cls, follow: str) -> type:
+        """The CLIB code's BiC where the CVPR'21 code's does not run (methods.bic_stream)."""
+        if follow == "cvpr21":
+            return cls
+        from methods.bic_stream import BiCStream
+        return BiCStream
+
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor,
+                    shown: list[int] | None = None) -> None:
         learned = set(self.exposed)
         self.old_model = None
         if task_id > 0 and self.cfg.distilling:  # frozen copy of the previous task's model (before the new head)
             self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        super().before_task(task_id, stream, test_idx)
+        super().before_task(task_id, stream, test_idx, shown)
         self.new_classes = sorted(self.exposed - learned)
         self.lam = len(learned) / max(len(self.exposed), 1)  # public: len(learned) / len(exposed)
         while len(self.layers) <= task_id:

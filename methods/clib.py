@@ -22,7 +22,7 @@ LR_WARMUP = 20  # no loss decrease is kept at the phase ends up to this training
 LOSS_BATCH = 512  # the batch of the importance pass over the memory
 
 
-@register("clib", iblurry=True)
+@register("clib")
 class CLIB(ER):
     """Each sample enters a memory of --memory_size (when full, it evicts the least important slot of the
     largest class), then ``int(counter)`` steps train on min(|M|, --batchsize) memory samples only. After
@@ -33,7 +33,7 @@ class CLIB(ER):
     remember_first = True
 
     @staticmethod
-    def default_temp_batchsize(batchsize: int, as_intended: bool = False) -> int:
+    def default_temp_batchsize(batchsize: int, follow: str) -> int:
         """The CLIB code has no temporary batch: each sample is remembered, then trains."""
         return 1
 
@@ -42,7 +42,7 @@ class CLIB(ER):
         if self.memory_size() <= 0:
             raise ValueError("--mode clib trains on the memory only: give a --memory_size above 0")
         self.mem_manage = "clib_importance"  # its own rule (the manager only holds the indices)
-        self.public = not getattr(cfg, "as_intended", False)  # the CLIB code's importance step and head lr
+        self.public = self.follow == "clib"  # the CLIB code's importance step and head lr
         self.importance = torch.zeros(0, dtype=torch.float64, device=device)  # H, one per memory slot
         self.losses = torch.zeros(0, device=device)  # per-slot CE at the last importance pass
         self.fresh = torch.zeros(0, dtype=torch.bool, device=device)  # slots (re)filled since that pass
@@ -54,6 +54,11 @@ class CLIB(ER):
         self.decreases: dict[str, list[float]] = {"high": [], "low": []}
         self.train_count = 0  # training calls so far: samples that earned at least one step
         self.steps_left = 0  # steps still due for the current sample
+
+    @classmethod
+    def hyper_defaults(cls, follow: str) -> dict:
+        """CLIB's adaptive lr moves Adam's learning rate: the CLIB scripts' Adam at 3e-4 in every setting."""
+        return {"opt_name": "adam", "lr": 3e-4}
 
     def memory_size(self) -> int:
         return self.cfg.memory_size
@@ -67,9 +72,10 @@ class CLIB(ER):
         self.scheduler = None
 
     # ----------------------------------------------------------------- head growth
-    def expose(self, n_classes: int) -> None:
+    def expose(self, labels: list[int]) -> None:
         """Grow the head (old weight rows kept, every bias re-initialised) and move the old head's Adam
         moments to the new one's first rows; the lr is not restarted."""
+        n_classes = max(labels) + 1
         if self.optimizer is None:
             self.build_optimizer()
         if n_classes > self.n_out or not self.exposed:
@@ -77,7 +83,7 @@ class CLIB(ER):
             self.model.fc = grow_head(old, max(n_classes, self.n_out))
             self.swap_head_group(old, self.model.fc)
         self.head = "linear"
-        self.exposed |= set(range(n_classes))
+        self.exposed |= set(labels)
         self.num_learning_class = len(self.exposed)
 
     def swap_head_group(self, old: nn.Linear, new: nn.Linear) -> None:

@@ -1,14 +1,14 @@
-"""DER++ (dark experience replay, mammoth's defaults) in the i-Blurry protocol: logits stored with the memory."""
+"""DER++ (dark experience replay, mammoth's defaults): ER whose memory keeps the logits of its samples."""
 from __future__ import annotations
 
 import torch
 
 from methods import register
-from methods.er import ER, LR_DECAY
+from methods.er import ER
 from methods.replay_rules import DERPP_ALPHA, DERPP_BETA, derpp_loss
 
 
-@register("der++", iblurry=True)
+@register("der++")
 class DERpp(ER):
     """Each step: CE on the temporary batch + 0.2 * MSE between the logits of one uniform memory draw
     and the logits stored with it + 0.5 * CE on a second, independent draw with its labels (each draw
@@ -47,8 +47,7 @@ class DERpp(ER):
                                  self.slot_width[self.drawn])
         loss.backward()
         self.optimizer.step()
-        for g in self.optimizer.param_groups:
-            g["lr"] *= LR_DECAY
+        self.decay_lr()
         self.last = logits[:n_temp].detach()
         return loss, logits[:n_temp], y[:n_temp]
 

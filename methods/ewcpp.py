@@ -1,4 +1,4 @@
-"""EWC++ (the CLIB code's ewc++): ER plus an online-Fisher penalty on every parameter but the head's."""
+"""EWC++ (Chaudhry et al. 2018; the CLIB code's): ER plus an online-Fisher penalty on the weights outside the head."""
 from __future__ import annotations
 
 import torch
@@ -8,13 +8,13 @@ from methods.er import ER
 from methods.replay_rules import ewcpp_update
 
 
-@register("ewc++", iblurry=True)
+@register("ewc++")
 class EWCpp(ER):
     """ER + --reg_coef * sum F (theta - theta*)^2 over the parameters outside the head. After each step
     F <- 0.5 F + 0.5 g^2 (the first step: g^2); at each task end F and theta* fill the one slot. The CLIB
     code reads the gradients after ``zero_grad()``, so its F stays zero, its penalty is exactly zero and
-    ewc++ trains as er does, bit for bit (the default: the zero penalty is not computed); --as_intended
-    reads them after the backward pass, so F updates and the penalty acts."""
+    ewc++ trains as er does, bit for bit (i-Blurry's default: the zero penalty is not computed); elsewhere,
+    and with --as_intended, F is read after the backward pass, so it updates and the penalty acts."""
 
     def __init__(self, cfg, data, device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
@@ -34,7 +34,7 @@ class EWCpp(ER):
 
     def train_step(self, x, y, idx=None, extra=None):
         out = super().train_step(x, y, idx, extra)
-        if self.cfg.as_intended:  # the gradients of this step, still there after optimizer.step()
+        if self.follow != "clib":  # the gradients of this step, still there after optimizer.step()
             ewcpp_update(self.fisher, self.body_params())
         return out
 

@@ -73,6 +73,7 @@ class ICaRL(Method):
         with torch.no_grad():
             new.weight[:r] = old.weight[:r]
         self.model.fc = new
+        self.head = "linear"
 
     def build_optimizer(self) -> None:
         if self.train_head:

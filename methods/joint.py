@@ -25,7 +25,8 @@ class Joint(Method):
     def training_calls(self, online: bool) -> list[tuple[str, int]]:
         return [("offline", self.cfg.n_epoch)]
 
-    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor,
+                    shown: list[int] | None = None) -> None:
         self.stream = stream
         self.exposed |= set(range(self.data.n_classes))
 

@@ -11,13 +11,13 @@ from utils.data.augment import normalize
 N_CANDIDATES = 50  # the CLIB scripts' mir_cands
 
 
-@register("mir", iblurry=True)
+@register("mir")
 class MIR(ER):
     """Per step: a virtual SGD step (at the optimizer's current lr) on the augmented temporary batch; 50
     random memory candidates are scored on un-augmented copies by CE after the step minus CE now; the
     --batchsize - --temp_batchsize most interfered (augmented) join the temporary batch for the real step.
-    The CLIB code scores in train mode, so batch norm's running statistics move (the default);
-    --as_intended scores in eval mode and leaves them as they were."""
+    The CLIB code scores in train mode, so batch norm's running statistics move (its setting's default);
+    elsewhere, and with --as_intended, the scoring runs in eval mode and leaves them as they were."""
 
     def replay_batch(self, temp: torch.Tensor) -> torch.Tensor:
         """The temporary samples, then up to 50 memory candidates drawn uniformly (scored in the step)."""
@@ -33,7 +33,7 @@ class MIR(ER):
             plain = normalize(self.data.train.images[cand], self.data.mean, self.data.std)
             lr = self.optimizer.param_groups[0]["lr"]
             scores = mir_scores(self.model, x[:n_temp], y[:n_temp], plain, y[n_temp:], lr,
-                                bn_drift=not self.cfg.as_intended)
+                                bn_drift=self.follow == "clib")
             keep = mir_select(scores, self.cfg.batchsize - n_temp) + n_temp
             rows = torch.cat([torch.arange(n_temp, device=x.device), keep])
             x, y, idx = x[rows], y[rows], idx[rows]

@@ -8,7 +8,6 @@ from methods import build_method, method_names
 from methods.base import Method
 from methods.engine.trainer import Settings, Trainer
 from utils.data.folder import ImageSet
-from utils.data.iblurry import parse_iblurry
 from utils.data.run_data import RunData
 
 
@@ -26,7 +25,7 @@ def synthetic_method(argv: list[str], n_cls: int, per_cls: int, task_classes: li
 
     data = RunData(split("train"), split("test"), labels, labels.clone(), (0.1307,), (0.3081,), n_cls,
                    task_classes or [])
-    return build_method(cfg.mode, cfg, data, torch.device("cpu"), iblurry=parse_iblurry(cfg.exp_name) is not None)
+    return build_method(cfg.mode, cfg, data, torch.device("cpu"))
 
 
 def trainer_for(method: Method) -> Trainer:

@@ -23,7 +23,7 @@ def clib(memory: int = 4, batch: int = 4, n_cls: int = 3, per_cls: int = 4, *ext
     torch.manual_seed(0)
     m = synthetic_method(argv, n_cls, per_cls)
     n = n_cls * per_cls
-    m.before_task(0, torch.arange(n), torch.arange(n))
+    m.before_task(0, torch.arange(n), torch.arange(n), [])  # sample-wise: classes come by expose
     return m
 
 
@@ -83,7 +83,7 @@ def test_importance_update_after_one_step_by_hand():
     After the step, the losses L' of the memory (eval mode, un-augmented) give dL = mean(L'[:3] - [2, 1, 3]),
     and the two drawn slots B get H_B - 0.1 (dL - mean(H_B) / 2); the others keep theirs."""
     m = clib(memory=4, batch=2)
-    m.expose(3)
+    m.expose(list(range(3)))
     remember(m, 0, 1, 2, 3)
     h = torch.tensor([0.4, -0.2, 1.0, 0.6], dtype=torch.float64)
     m.importance = h.clone()
@@ -108,7 +108,7 @@ def test_importance_update_after_one_step_by_hand():
 
 def test_intended_importance_step_divides_the_whole_change():
     m = clib(4, 2, 3, 4, "--as_intended")
-    m.expose(3)
+    m.expose(list(range(3)))
     remember(m, 0, 1, 2, 3)
     h = torch.tensor([0.4, -0.2, 1.0, 0.6], dtype=torch.float64)
     m.importance, m.losses, m.fresh = h.clone(), torch.tensor([2.0, 1.0, 3.0, 0.5]), torch.zeros(4, dtype=torch.bool)
@@ -177,13 +177,13 @@ def test_head_growth_keeps_adams_moments():
     code adds it at Adam's initial lr); --as_intended keeps the current lr."""
     for extra, head_lr in [((), LR), (("--as_intended",), 1e-4)]:
         m = clib(4, 4, 3, 4, *extra)
-        m.expose(1)
+        m.expose(list(range(1)))
         remember(m, 0, 3)
         step(m)
         m.set_lr(1e-4)
         old = m.model.fc
         st = {k: {n: v.clone() for n, v in m.optimizer.state[p].items()} for k, p in old.named_parameters()}
-        m.expose(2)
+        m.expose(list(range(2)))
         new = m.model.fc
         assert new is not old and new.out_features == 2 and torch.equal(new.weight[:1], old.weight)
         assert old.weight not in m.optimizer.state and old.bias not in m.optimizer.state
@@ -210,7 +210,7 @@ def test_steps_due_skips_a_memory_of_one_with_batchnorm1d():
 
 def test_state_round_trip_continues_bit_identically():
     m = clib(memory=4, batch=2)
-    m.expose(3)
+    m.expose(list(range(3)))
     for i in range(6):
         remember(m, i)
         if len(m.memory) > 1:

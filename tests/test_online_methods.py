@@ -18,7 +18,7 @@ def online(mode: str, *extra: str, n_cls: int = 3, per_cls: int = 8):
     torch.manual_seed(0)
     m = synthetic_method(argv, n_cls, per_cls)
     n = n_cls * per_cls
-    m.before_task(0, torch.arange(n), torch.arange(n))
+    m.before_task(0, torch.arange(n), torch.arange(n), [])  # sample-wise: classes come by expose
     return m
 
 
@@ -49,9 +49,9 @@ def test_rm_as_the_clib_code_runs_it_and_as_intended():
         m = online("rm", *(["--as_intended"] if intended else []), "--memory_size", "500", "--batchsize", "16")
         assert m.memory_size() == 492 and m.cfg.temp_batchsize == (8 if intended else 16)
         assert m.cfg.opt_name == "sgd" and m.cfg.lr == 0.05
-        m.expose(2)
+        m.expose(list(range(2)))
         old = m.model.fc.weight.detach().clone()
-        m.expose(3)
+        m.expose(list(range(3)))
         assert m.n_out == 3
         assert torch.equal(m.model.fc.weight.detach()[:2], old) is intended
         m.memory.indices = torch.arange(12, 24)
@@ -60,7 +60,7 @@ def test_rm_as_the_clib_code_runs_it_and_as_intended():
         assert torch.equal(batch[:len(temp)], temp)
         assert len(batch) == 16 and set(batch[len(temp):].tolist()) <= set(range(12, 24))  # 16 + 0 or 8 + 8
         assert [m.steps_due(StepCounter(3.0), len(temp)) for _ in range(3)] == [1, 1, 1]  # not --online_iter
-        assert m.training_calls(True) == [("memory", m.cfg.n_epoch)]
+        assert m.training_calls(True) == [("stream", 1), ("memory", m.cfg.n_epoch)]  # the stream: sample-wise
 
 
 def test_rm_carries_its_partial_batch_and_trains_the_memory_in_the_mode_the_stream_left():
@@ -83,7 +83,7 @@ def test_rm_carries_its_partial_batch_and_trains_the_memory_in_the_mode_the_stre
         m.train_step = spy
         tasks = [(torch.arange(13), torch.arange(36)), (torch.arange(13, 36), torch.arange(36))]
         tr = Trainer(m, m.data, tasks, Settings.from_config(m.cfg))
-        tr.run_sample_wise_task(0)
+        tr.run_task(0)
         stream0 = [s for s in steps if s[0] == "stream"]
         mem0 = [s[2] for s in steps if s[0] == "memory"]
         if intended:
@@ -95,7 +95,7 @@ def test_rm_carries_its_partial_batch_and_trains_the_memory_in_the_mode_the_stre
             assert mem0 and not any(mem0)  # eval mode: the evaluation at 10 came after the last step (at 8)
         steps.clear()
         m.grad_clip = None
-        tr.run_sample_wise_task(1)
+        tr.run_task(1)
         stream1 = [s for s in steps if s[0] == "stream"]
         assert all(s[2] for s in steps if s[0] == "memory")
         if not intended:
@@ -108,7 +108,7 @@ def test_rm_task_end_memory_is_chosen_by_uncertainty_only_as_intended():
     for intended in (False, True):
         m = online("rm", *(["--as_intended"] if intended else []), "--memory_size", "14", "--batchsize", "8",
                    n_cls=3, per_cls=10)
-        m.expose(3)
+        m.expose(list(range(3)))
         m.remember(torch.arange(10), 0)
         assert len(m.memory) == (0 if intended else 10)  # as intended, the stream does not enter it
         before = m.memory.indices.clone()
@@ -122,7 +122,7 @@ def test_rm_task_end_memory_is_chosen_by_uncertainty_only_as_intended():
 def test_gdumb_trains_a_fresh_model_on_the_memory_before_each_evaluation():
     m = online("gdumb", "--memory_size", "9", "--batchsize", "4", "--n_epoch", "2")
     assert m.cfg.temp_batchsize == 1 and m.steps_due(StepCounter(1.0), 1) == 0
-    m.expose(3)
+    m.expose(list(range(3)))
     m.remember(torch.arange(12), 0)
     assert m.memory.class_counts(3) == [3, 3, 3]
     first = m.model
@@ -137,7 +137,7 @@ def test_gdumb_trains_a_fresh_model_on_the_memory_before_each_evaluation():
 
 def test_derpp_stores_the_last_logits_of_the_samples_that_enter():
     m = online("der++", "--memory_size", "12", "--batchsize", "8", n_cls=4, per_cls=6)  # temp 4, reservoir of 8
-    m.expose(2)
+    m.expose(list(range(2)))
     temp = torch.tensor([0, 1, 4, 5])  # labels 0, 1, 0, 1
     m.model.train()
     x, y = m.train_aug(m.data.train.images[temp]), m.data.train_labels[temp]
@@ -146,7 +146,7 @@ def test_derpp_stores_the_last_logits_of_the_samples_that_enter():
     m.remember(temp, 0)
     assert torch.equal(m.memory.indices, temp)
     assert torch.equal(m.slot_logits[:4, :2], last) and m.slot_width[:4].tolist() == [2, 2, 2, 2]
-    m.expose(4)
+    m.expose(list(range(4)))
     temp2 = torch.tensor([2, 3, 6, 7])
     m.remember(temp2, 0)  # no step since: stored with no columns, matched on none
     assert m.slot_width[4:8].tolist() == [0, 0, 0, 0] and m.slot_logits[4:8].abs().sum() == 0

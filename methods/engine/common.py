@@ -52,14 +52,16 @@ class Settings:
     eval_epochs: str = "all"  # "all" or "last_task"
     eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
     online_iter: float = 1.0  # i-Blurry protocol: steps per stream sample
-    temp_batchsize: int = 0  # i-Blurry protocol: stream samples gathered before they train
+    temp_batchsize: int = 0  # stream samples gathered before they train (sample-wise; replaying methods)
+    sample_wise: bool = False  # the sample-wise protocol (i-Blurry), else task-and-epoch (blurry/disjoint)
 
     @classmethod
     def from_config(cls, cfg: argparse.Namespace) -> "Settings":
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
                    eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0,
                    online_iter=getattr(cfg, "online_iter", None) or 1.0,
-                   temp_batchsize=getattr(cfg, "temp_batchsize", None) or 0)
+                   temp_batchsize=getattr(cfg, "temp_batchsize", None) or 0,
+                   sample_wise=getattr(cfg, "protocol", "epochs") == "sample_wise")
 
 
 def own_rows(sizes: list[int], device: torch.device) -> torch.Tensor:

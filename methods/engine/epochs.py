@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from methods.engine.common import DivergedError, FitResult, own_rows
 from methods.engine.optim import warm_start_lr
+from methods.engine.sample_wise import OneStepPerChunk
 from utils.data.batches import aug_spans
 from utils.data.folder import read_ahead
 from utils.run import dist
@@ -28,19 +29,23 @@ class EpochLoop:
         m.before_fit(phase)
         for epoch in range(n_epoch):
             rec = self.train_epoch(phase, epoch)
-            if m.eval_every_epoch and self.evaluates_epoch(epoch, n_epoch):
+            if m.eval_every_epoch and not self.settings.sample_wise and self.evaluates_epoch(epoch, n_epoch):
                 ev = self.evaluate(self.test_idx)
                 rec.update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
                 res.best_acc = max(res.best_acc, ev["avg_acc"])
                 res.last = ev
             res.epochs.append(rec)
             self.log_epoch(phase, rec)
+        self.after_fit_timed(phase)
+        return res
+
+    def after_fit_timed(self, phase: str) -> None:
+        """``after_fit``, its time in the method's own phase (EWC/RWalk's importance) when it names one."""
+        m = self.method
         t0 = time.perf_counter()
         m.after_fit(self.task_id, phase)
-        dt = time.perf_counter() - t0
-        if m.after_fit_timer:  # EWC/RWalk's importance: its own phase
-            self.timers[m.after_fit_timer] += dt
-        return res
+        if m.after_fit_timer:
+            self.timers[m.after_fit_timer] += time.perf_counter() - t0
 
     def evaluates_epoch(self, epoch: int, n_epoch: int) -> bool:
         """Every epoch (the protocol), or with --eval_epochs last_task only the last epoch of each
@@ -59,11 +64,32 @@ class EpochLoop:
     def train_epoch(self, phase: str, epoch: int) -> dict:
         """One epoch at the public schedule; its record, with no test numbers yet."""
         m = self.method
+        if m.replays and phase != "memory":
+            return self.replay_epoch(phase, epoch)
         lr = warm_start_lr(m.optimizer, m.scheduler, self.settings.lr, epoch)
         batches = m.epoch_batches(phase)
         self.samples[phase] += sum(len(b) for b in batches)
         loss, acc = self.run_epoch(phase, epoch, batches)
         return {"epoch": epoch, "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None, "lr": lr}
+
+    def replay_epoch(self, phase: str, epoch: int) -> dict:
+        """An epoch of a replaying method (ER's family): the stream shuffled, in chunks of --temp_batchsize (the
+        last partial chunk dropped), one step per chunk on ``replay_batch``; each stream sample is offered to
+        the memory in the first epoch only; the method keeps its own learning rate. Online, the anytime
+        evaluations run at their sample positions."""
+        m, tb = self.method, self.settings.temp_batchsize
+        order = m.stream[torch.randperm(len(m.stream), device=m.stream.device)]
+        events = self.eval_events(len(order)) if phase == "stream" else []
+        loss, correct, n_seen, n_acc, n_steps = self.train_chunks(order, list(range(tb, len(order) + 1, tb)),
+                                                                  OneStepPerChunk(), events, remember=epoch == 0)
+        if phase == "stream":
+            self.stream_seen += len(order)
+        self.samples[phase] += n_seen
+        loss = float(loss) / max(n_steps, 1)
+        if not math.isfinite(loss):
+            raise DivergedError(self.task_id, phase, epoch, loss)
+        return {"epoch": epoch, "train_loss": loss, "train_acc": 100.0 * int(correct) / max(n_acc, 1),
+                "test_loss": None, "test_acc": None, "lr": m.optimizer.param_groups[0]["lr"]}
 
     def run_epoch(self, phase: str, epoch: int, batches: list[torch.Tensor]) -> tuple[float, float]:
         """Train on the given index batches; augmentation (and ``chunk_extras``) runs on chunks of

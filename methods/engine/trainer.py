@@ -3,7 +3,8 @@
 A method never runs a loop itself: the trainer calls its hooks (methods.base) once each, in a
 fixed order, and keeps the per-task records, the phase times and the sample counts. Its two protocols'
 loops are its parts: epochs.EpochLoop (the CVPR'21 task-and-epoch calls) and sample_wise.SampleWiseLoop
-(i-Blurry's sample-wise stream)."""
+(the stream in chunks: i-Blurry's sample-wise protocol, and a replaying method's epochs). The setting picks
+the protocol (``Settings.sample_wise``); every method runs in both."""
 from __future__ import annotations
 
 import logging
@@ -68,34 +69,47 @@ class Trainer(SampleWiseLoop, EpochLoop):
         return {**self.rec, "phase_time_s": {**self.timers, "evaluation": self.eval_time},
                 "phase_samples": {**self.samples, **self.method.samples}}
 
-    def begin_task(self, t: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
+    def begin_task(self, t: int, stream: torch.Tensor, test_idx: torch.Tensor,
+                   shown: list[int] | None = None) -> None:
         self.task_id = t
         self.test_idx = test_idx
         self.last_task = t == len(self.tasks) - 1
-        self.method.before_task(t, stream, test_idx)
+        self.method.before_task(t, stream, test_idx, shown)
 
     def run_task(self, t: int) -> FitResult:
-        """before_task, the training calls with the memory update in its place, the evaluation,
-        after_task; then the task's records."""
-        m = self.method
-        if m.sample_wise:
-            return self.run_sample_wise_task(t)
-        self.begin_task(t, self.tasks[t][0], self.eval_indices(t))
-        res, updated = FitResult(best_acc=0.0), False
-        for phase, n_epoch in m.training_calls(self.settings.online):
+        """before_task (the task-and-epoch protocol shows every class of the task at its start, the sample-wise
+        one none: each is exposed at its first sample), the sample-wise stream, the training calls with the
+        memory update in its place, the evaluation, after_task; then the task's records."""
+        m, s = self.method, self.settings
+        stream = self.tasks[t][0]
+        shown = [] if s.sample_wise else torch.unique(self.data.train_labels[stream]).tolist()
+        self.begin_task(t, stream, self.eval_indices(t), shown)
+        calls, epochs = m.training_calls(s.online), []
+        if s.sample_wise:  # the stream call is the sample-wise stream
+            epochs.append(self.sample_wise_stream(t, stream))
+            calls = [c for c in calls if c[0] != "stream"]
+        res, updated, phase = FitResult(best_acc=0.0), False, "stream"
+        for phase, n_epoch in calls:
             if phase == "memory" and not updated:
                 self.timed("memory_update", m.update_memory, t)
                 updated = True
             res = self.timed(PHASE_TIMER[phase], self.fit, phase, n_epoch)
-        if self.timed(PHASE_TIMER[phase], m.after_training, t):
-            ev = self.evaluate(self.test_idx)
-            res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+            epochs += res.epochs
+        retrained = self.timed(PHASE_TIMER[phase], m.after_training, t)
         if not updated:
             self.timed("memory_update", m.update_memory, t)
-        if not m.eval_every_epoch:
-            res = self.evaluate_at_end(phase, res)
-        if m.task_acc_is_final:
-            res.best_acc = res.last["avg_acc"]
+        if s.sample_wise:  # one evaluation at the task end, on the exposed classes
+            ev = self.evaluate(self.exposed_test())
+            epochs[-1].update(test_loss=ev["avg_loss"], test_acc=ev["avg_acc"])
+            res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=epochs)
+        else:
+            if retrained:
+                ev = self.evaluate(self.test_idx)
+                res = FitResult(best_acc=ev["avg_acc"], last=ev, epochs=res.epochs)
+            if not m.eval_every_epoch:
+                res = self.evaluate_at_end(phase, res)
+            if m.task_acc_is_final:
+                res.best_acc = res.last["avg_acc"]
         m.after_task(t)
         self.record(t, res)
         return res
@@ -134,7 +148,7 @@ class Trainer(SampleWiseLoop, EpochLoop):
         t0 = time.perf_counter()
         m.model.eval()
         m.before_eval()
-        if m.sample_wise:  # GDumb's training on the memory, BiC's bias layer: part of the evaluation's time
+        if self.settings.sample_wise:  # GDumb's training on the memory, BiC's bias layer: part of the evaluation's time
             self.timers["eval_training"] += time.perf_counter() - t0
         with m.autocast():
             out = evaluate(m.eval_scores, m.predict_labels, self.data.test.images, self.data.test_labels,

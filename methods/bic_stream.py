@@ -1,4 +1,5 @@
-"""BiC as the CLIB code runs it in the sample-wise i-Blurry protocol (SPEC section 12): ER + KD, a held-out set."""
+"""BiC as the CLIB code runs it, sample-wise (SPEC section 12): ER + KD, a held-out set; ``BiC.form`` picks it
+wherever the CVPR'21 code's BiC does not run."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods import register
 from methods.bic import per_class_take
 from methods.distill import kd_loss
 from methods.er import ER, LR_DECAY
@@ -91,8 +91,7 @@ def fit_bias_layer(raw: np.ndarray, y: np.ndarray, mask: np.ndarray, batches: li
     return p, loss
 
 
-@register("bic", iblurry=True)
-class BiCIBlurry(ER):
+class BiCStream(ER):
     """ER (temporary batch + uniform replay from a reservoir of 443 for memory 500) with a held-out set of 49
     and, from the second task on, CE + KD (T=2) against a copy of the model taken at every new class (before
     its head grows) and at every task end, the teacher's logits corrected by the previous task's bias layer
@@ -103,6 +102,7 @@ class BiCIBlurry(ER):
     fills with the other samples and keeps its remainder across tasks (CLIB). KD is always on (the CLIB
     scripts' default; --distilling is the blurry protocol's flag). Gradients are clipped at norm 10."""
 
+    name = "bic"
     remember_first = True  # the chunk's held-out decisions are taken before its steps (``remember``)
     grad_clip = GRAD_CLIP
 
@@ -206,8 +206,9 @@ class BiCIBlurry(ER):
             p.grad = None
 
     # ----------------------------------------------------------------- hooks
-    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor) -> None:
-        super().before_task(task_id, stream, test_idx)
+    def before_task(self, task_id: int, stream: torch.Tensor, test_idx: torch.Tensor,
+                    shown: list[int] | None = None) -> None:
+        super().before_task(task_id, stream, test_idx, shown)
         self.task_id = task_id
         self.prev_layer, self.prev_trained, self.prev_labels = self.layer, self.layer_trained, self.new_labels
         self.prev_mask = self.class_mask(self.prev_labels)
@@ -218,16 +219,16 @@ class BiCIBlurry(ER):
                     "%d evaluations planned", task_id, len(self.valid), self.quota, len(self.held_pos),
                     len(self.pending), len(self.eval_pos))
 
-    def expose(self, n_classes: int) -> None:
+    def expose(self, labels: list[int]) -> None:
         """Per new class (CLIB's add_new_class): the decisions up to its first sample, the teacher copied (before
         the head grows), the head grown and the optimizer reset (ER), the class marked as this task's, and
         (but for the first class) the held-out set cut to valid_size // classes per class at random."""
-        for c in range(len(self.exposed), n_classes):
+        for c in sorted(c for c in labels if c not in self.exposed):
             p = self.first_pos[c] if c < len(self.first_pos) and self.first_pos[c] < len(self.stream) else self.cursor
             self.advance(p)
             if self.task_id > 0:  # a copy taken in task 0 is replaced at its end before any use
                 self.copy_teacher()
-            super().expose(c + 1)
+            super().expose([c])
             self.new_labels.append(c)
             self.new_mask = self.class_mask(self.new_labels)
             if c > 0:

@@ -11,20 +11,20 @@ from torch import nn
 
 from methods import get_method_class
 from methods.bic import bias_layer_step
-from methods.bic_iblurry import BiCIBlurry, correct_logits, fit_bias_layer, held_out_plan
+from methods.bic_stream import BiCStream, correct_logits, fit_bias_layer, held_out_plan
 from methods.engine.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def make(memory_size: int = 500, n_cls: int = 3, per_cls: int = 100) -> BiCIBlurry:
+def make(memory_size: int = 500, n_cls: int = 3, per_cls: int = 100) -> BiCStream:
     """i-Blurry BiC on random 28x28 images (label = index % n_cls), temp batch 8, batch 16, eval every 50."""
     torch.manual_seed(0)
     argv = ["--mode", "bic", "--dataset", "mnist", "--exp_name", "iblurry50_10", "--memory_size", str(memory_size),
             "--eval_period", "50", "--transforms"]
     m = synthetic_method(argv, n_cls, per_cls)
-    assert isinstance(m, BiCIBlurry)
+    assert isinstance(m, BiCStream)
     return m
 
 
@@ -34,8 +34,8 @@ def idx(c: int, ks, n_cls: int = 3) -> list[int]:
 
 
 def test_registered_apart_from_the_blurry_bic_and_memory_split():
-    assert get_method_class("bic", iblurry=True) is BiCIBlurry
-    assert get_method_class("bic") is not BiCIBlurry
+    assert get_method_class("bic").form("clib") is BiCStream and get_method_class("bic").form("paper") is BiCStream
+    assert get_method_class("bic").form("cvpr21") is not BiCStream
     m = make(500)  # CLIB: 500 - 8 = 492; held out round(49.2) = 49, reservoir 443
     assert (m.cfg.temp_batchsize, m.valid_size, m.memory.size, m.quota) == (8, 49, 443, 49)
     assert (make(200).valid_size, make(200).memory.size) == (19, 173)
@@ -52,7 +52,7 @@ def test_held_out_rule_by_hand():
     assert held.int().tolist() == [1, 0, 0, 1, 0, 0, 0]
 
 
-def run_two_tasks(m: BiCIBlurry):
+def run_two_tasks(m: BiCStream):
     """Task 0: 60 samples of class 0 then 20 of class 1; task 1: 16 of class 1 then 30 of class 2. Records each
     step's training indices, after each evaluation's bias training (held-out size, class 2 held, trained), and
     each task's planned chunk ends."""
@@ -71,8 +71,8 @@ def run_two_tasks(m: BiCIBlurry):
         before_eval()
         evals.append((len(m.valid), int((m.data.train_labels[m.valid] == 2).sum()), m.layer_trained))
 
-    def rec_task(t, stream, test):
-        before_task(t, stream, test)
+    def rec_task(t, stream, test, shown=None):
+        before_task(t, stream, test, shown)
         ends.append(m.chunk_ends(len(stream), m.cfg.temp_batchsize))
     m.train_step, m.before_eval, m.before_task = rec_step, rec_eval, rec_task
     return trainer, s0, s1, steps, evals, ends
@@ -141,12 +141,12 @@ def test_temporary_batch_counter_held_out_and_bias_layer_through_two_tasks():
 def test_new_class_copies_the_teacher_before_the_head_grows():
     m = make(500)
     s = torch.tensor(idx(0, range(10)) + idx(1, range(10)))
-    m.before_task(0, s, torch.arange(10))
-    m.expose(1)
-    m.before_task(1, torch.tensor(idx(1, range(10, 20)) + idx(2, range(10))), torch.arange(10))
-    m.expose(2)  # class 1, at position 0 of this stream
+    m.before_task(0, s, torch.arange(10), [])
+    m.expose([0])
+    m.before_task(1, torch.tensor(idx(1, range(10, 20)) + idx(2, range(10))), torch.arange(10), [])
+    m.expose([1])  # class 1, at position 0 of this stream
     m.model.fc.weight.data.fill_(0.5)
-    m.expose(3)
+    m.expose([2])
     assert m.teacher.fc.out_features == 2 and m.n_out == 3 and m.new_labels == [1, 2]
     assert torch.equal(m.teacher.fc.weight, torch.full((2, m.model.fc.in_features), 0.5))
 
