@@ -5,7 +5,7 @@ import torch
 
 from methods import register
 from methods.base import Method
-from methods.engine.online_protocol import StepCounter, trainable
+from methods.engine.online_protocol import trainable
 from methods.engine.optim import make_optimizer, warm_start_lr
 from utils.data.batches import shuffled_batches
 
@@ -64,9 +64,6 @@ class GDumb(Method):
     def expose(self, labels: list[int]) -> None:
         self.exposed |= set(labels)
         self.num_learning_class = len(self.exposed)
-
-    def steps_due(self, counter: StepCounter, n_samples: int) -> int:
-        return 0
 
     def remember(self, temp: torch.Tensor, task_id: int) -> None:
         """Sample-wise: the chunk enters the memory by GDumb's rule."""

@@ -31,3 +31,25 @@ def synthetic_method(argv: list[str], n_cls: int, per_cls: int, task_classes: li
 def trainer_for(method: Method) -> Trainer:
     """A trainer of ``method`` with no task list: tests call ``begin_task`` and ``fit`` themselves."""
     return Trainer(method, method.data, [], Settings.from_config(method.cfg))
+
+
+class Crash(Exception):
+    """Raised in place of a task's start: the run dies there, as a killed process would."""
+
+
+def crash_then_resume(monkeypatch, argv: list[str], task: int = 2) -> None:
+    """Run ``main.py argv`` until task ``task`` starts (Crash), then run it again with --resume to the end."""
+    import pytest
+
+    import main as rm_main
+    real = Trainer.begin_task
+
+    def crash(self, t, *a):
+        if t == task:
+            raise Crash()
+        return real(self, t, *a)
+    monkeypatch.setattr(Trainer, "begin_task", crash)
+    with pytest.raises(Crash):
+        rm_main.main(argv)
+    monkeypatch.setattr(Trainer, "begin_task", real)
+    assert rm_main.main(argv + ["--resume"]) == 0

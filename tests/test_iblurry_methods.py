@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import main as rm_main
-from methods.engine.trainer import Trainer
+from tests.synthetic import crash_then_resume
 
 NUMBERS = ("task_acc", "cls_acc", "A_last", "F_last", "A_auc", "anytime", "memory_class_counts")
 IBLURRY_CODE = ("bic", "clib", "der++", "er", "ewc++", "gdumb", "mir", "rm")  # the methods the CLIB code has
@@ -38,10 +38,6 @@ def _result(out: Path) -> dict:
     return json.loads((out / "results" / "mnist" / "r.json").read_text())
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("mode,extra,resume", VARIANTS, ids=[m + "".join(e) for m, e, _ in VARIANTS])
 def test_method_end_to_end_then_crash_and_resume(mnist_dir, tmp_path, monkeypatch, mode, extra, resume):
     assert rm_main.main(_args(mnist_dir, tmp_path / "whole", mode, *extra)) == 0
@@ -60,18 +56,7 @@ def test_method_end_to_end_then_crash_and_resume(mnist_dir, tmp_path, monkeypatc
         assert [s for s, _ in points] == list(range(period, 3001, period))
     if not resume:
         return
-    real = Trainer.begin_task
-
-    def crash(self, t, *a):
-        if t == 2:
-            raise Crash()
-        return real(self, t, *a)
-    monkeypatch.setattr(Trainer, "begin_task", crash)
-    args = _args(mnist_dir, tmp_path / "x", mode, *extra)
-    with pytest.raises(Crash):
-        rm_main.main(args)
-    monkeypatch.setattr(Trainer, "begin_task", real)
-    assert rm_main.main(args + ["--resume"]) == 0
+    crash_then_resume(monkeypatch, _args(mnist_dir, tmp_path / "x", mode, *extra))
     b = _result(tmp_path / "x")
     for k in NUMBERS:
         assert b[k] == r[k], (mode, k)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import main as rm_main
-from methods.engine.trainer import Trainer
+from tests.synthetic import crash_then_resume
 
 REPLAYING = ("er", "ewc++", "mir", "der++", "clib")
 TASK_END = ("finetune", "ewc", "rwalk", "icarl", "joint")
@@ -39,10 +39,6 @@ def _result(out: Path) -> dict:
     return json.loads((out / "results" / "mnist" / "r.json").read_text())
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("mode,setting", CELLS, ids=[f"{m}-{s}" for m, s in CELLS])
 def test_every_method_runs_in_every_setting(mnist_dir, tmp_path, monkeypatch, one_thread, mode, setting):
     assert rm_main.main(_args(mnist_dir, tmp_path / "whole", mode, setting)) == 0
@@ -53,18 +49,7 @@ def test_every_method_runs_in_every_setting(mnist_dir, tmp_path, monkeypatch, on
         assert len(r["anytime"]) == 10 and r["A_auc"] > 30.0, (mode, r["A_auc"])
     if (mode, setting) not in RESUMED:
         return
-    real = Trainer.begin_task
-
-    def crash(self, t, *a):
-        if t == 2:
-            raise Crash()
-        return real(self, t, *a)
-    monkeypatch.setattr(Trainer, "begin_task", crash)
-    args = _args(mnist_dir, tmp_path / "x", mode, setting)
-    with pytest.raises(Crash):
-        rm_main.main(args)
-    monkeypatch.setattr(Trainer, "begin_task", real)
-    assert rm_main.main(args + ["--resume"]) == 0
+    crash_then_resume(monkeypatch, _args(mnist_dir, tmp_path / "x", mode, setting))
     b = _result(tmp_path / "x")
     for k in NUMBERS:
         assert b.get(k) == r.get(k), (mode, setting, k)
