@@ -23,19 +23,21 @@ class DERpp(ER):
         self.slot_width = torch.zeros(size, dtype=torch.long, device=device)
         self.last = torch.zeros(0, data.n_classes, device=device)  # the last step's logits of the temp samples
         self.drawn = torch.zeros(0, dtype=torch.long, device=device)  # slots of the logit-matching draw
+        self.n_temp = 0  # the temporary samples at the head of the step's batch (a task's last chunk may be short)
 
     def replay_batch(self, temp: torch.Tensor) -> torch.Tensor:
         """The temporary samples, then two independent uniform memory draws."""
         mem = self.memory.indices
         k = min(self.cfg.batchsize - len(temp), len(mem))
+        self.n_temp = len(temp)
         if k <= 0:
+            self.drawn = self.drawn[:0]
             return temp
         self.drawn = torch.randperm(len(mem), device=mem.device)[:k]
         return torch.cat([temp, mem[self.drawn], mem[torch.randperm(len(mem), device=mem.device)[:k]]])
 
     def train_step(self, x, y, idx=None, extra=None):
-        n_temp = min(len(x), self.cfg.temp_batchsize)
-        k = (len(x) - n_temp) // 2
+        n_temp, k = self.n_temp, len(self.drawn)
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.net(x)
         if k == 0:

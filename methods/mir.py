@@ -19,15 +19,18 @@ class MIR(ER):
     The CLIB code scores in train mode, so batch norm's running statistics move (its setting's default);
     elsewhere, and with --as_intended, the scoring runs in eval mode and leaves them as they were."""
 
+    n_temp = 0  # the temporary samples at the head of the step's batch
+
     def replay_batch(self, temp: torch.Tensor) -> torch.Tensor:
         """The temporary samples, then up to 50 memory candidates drawn uniformly (scored in the step)."""
         mem = self.memory.indices
+        self.n_temp = len(temp)  # a task's last chunk may be shorter than --temp_batchsize
         if self.cfg.batchsize - len(temp) <= 0 or not len(mem):
             return temp
         return torch.cat([temp, mem[torch.randperm(len(mem), device=mem.device)[:N_CANDIDATES]]])
 
     def train_step(self, x, y, idx=None, extra=None):
-        n_temp = min(len(x), self.cfg.temp_batchsize)
+        n_temp = self.n_temp
         if len(x) > n_temp:
             cand = idx[n_temp:]
             plain = normalize(self.data.train.images[cand], self.data.mean, self.data.std)

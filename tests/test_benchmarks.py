@@ -49,3 +49,12 @@ def test_bench_methods_prints_every_phase(mnist_dir: Path):
     assert all(float(v) > 0 for v in ewc[1:5]) and float(ewc[1]) > float(ewc[2])
     assert gdumb[3] == "-" and gdumb[4] == "-"  # no stream pass, no importance
     assert ewc[-1].endswith("x") and float(ewc[-1][:-1]) > 0
+
+
+def test_bench_iblurry_runs_ours_and_skips_a_missing_clib_code(mnist_dir: Path, tmp_path):
+    out = bench("bench_iblurry.py", "--data_dir", str(mnist_dir), "--work", str(tmp_path / "work"), "--methods", "er",
+                "--every", "5", "--memory", "50", "--threads", "1", "--clib_src", str(tmp_path / "none"), "--profile", "20,10")
+    assert "SKIPPED the CLIB side" in out
+    row = next(line for line in out.splitlines() if line.startswith("| er |"))
+    assert re.search(r"\| - / \d+ \|", row)  # our steps, no CLIB figures
+    assert re.search(r"^\| er \| \d+ \| \d+\.\d \|", out.split("profiled")[1].split("\n", 3)[3])  # the profile row

@@ -140,6 +140,7 @@ def test_derpp_stores_the_last_logits_of_the_samples_that_enter():
     m.expose(list(range(2)))
     temp = torch.tensor([0, 1, 4, 5])  # labels 0, 1, 0, 1
     m.model.train()
+    assert torch.equal(m.replay_batch(temp), temp)  # an empty memory: the step trains the chunk alone
     x, y = m.train_aug(m.data.train.images[temp]), m.data.train_labels[temp]
     m.train_step(x, y, temp)
     last = m.last.clone()
@@ -155,3 +156,33 @@ def test_derpp_stores_the_last_logits_of_the_samples_that_enter():
     x, y = m.train_aug(m.data.train.images[batch]), m.data.train_labels[batch]
     loss, logits, y_out = m.train_step(x, y, batch)
     assert logits.shape == (4, 4) and torch.equal(y_out, y[:4]) and torch.isfinite(loss)
+    batch = m.replay_batch(torch.tensor([12, 13, 14]))  # a task's last chunk, shorter than --temp_batchsize
+    assert len(batch) == 3 + 2 * 5 and torch.equal(m.memory.indices[m.drawn], batch[3:8])
+    x, y = m.train_aug(m.data.train.images[batch]), m.data.train_labels[batch]
+    loss, logits, y_out = m.train_step(x, y, batch)
+    assert logits.shape == (3, 4) and torch.equal(y_out, y[:3]) and torch.isfinite(loss)
+
+
+def test_mir_ranks_every_candidate_when_the_chunk_is_short(monkeypatch):
+    """A task's last chunk (3 of --temp_batchsize 4) keeps its 3 stream samples and the 5 candidates MIR ranks
+    highest, none taken for a stream sample."""
+    from methods.er import ER
+    from methods.replay_rules import mir_scores, mir_select
+    from utils.data.augment import normalize
+
+    m = online("mir", "--memory_size", "12", "--batchsize", "8", "--as_intended", n_cls=4, per_cls=6)
+    m.expose(list(range(4)))
+    m.remember(torch.arange(8), 0)  # the reservoir (12 - 4 slots) takes them all
+    temp = torch.tensor([8, 9, 10])
+    batch = m.replay_batch(temp)
+    assert len(batch) == 3 + 8 and torch.equal(batch[:3], temp)
+    imgs, labels = m.data.train.images, m.data.train_labels
+    x, y = m.train_aug(imgs[batch]), labels[batch]
+    m.model.train()
+    lr = m.optimizer.param_groups[0]["lr"]
+    scores = mir_scores(m.model, x[:3], y[:3], normalize(imgs[batch[3:]], m.data.mean, m.data.std), y[3:], lr,
+                        bn_drift=False)
+    seen = {}
+    monkeypatch.setattr(ER, "train_step", lambda self, x, y, idx=None, extra=None: seen.update(idx=idx))
+    m.train_step(x, y, batch)
+    assert torch.equal(seen["idx"], torch.cat([temp, batch[3:][mir_select(scores, 5)]]))

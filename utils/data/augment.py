@@ -437,14 +437,36 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     C = x.shape[1]
     if len(mean) not in (1, C) or len(std) not in (1, C):
         raise ValueError(f"mean/std must have length 1 or {C}, got {len(mean)} and {len(std)}")
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m, s = _moments(tuple(mean), tuple(std), x.device)
     return (x.float() / 255.0 - m) / s
+
+
+_MOMENTS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _moments(mean: tuple, std: tuple, device: torch.device) -> tuple[Tensor, Tensor]:
+    """mean and std as [1, C, 1, 1] float32 tensors on ``device``, made once (normalize runs every step)."""
+    key = (mean, std, device)
+    if key not in _MOMENTS:
+        _MOMENTS[key] = tuple(torch.as_tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                              for v in (mean, std))
+    return _MOMENTS[key]
+
+
+_BETA: dict[float, Tensor] = {}
+
+
+def beta_sample(alpha: float) -> float:
+    """One draw of Beta(alpha, alpha): ``torch.distributions.Beta(alpha, alpha).sample()``'s own draw (a Dirichlet
+    sample of (alpha, alpha), its first part), without building the distribution every step."""
+    if alpha not in _BETA:
+        _BETA[alpha] = torch.tensor([float(alpha), float(alpha)])
+    return float(torch._sample_dirichlet(_BETA[alpha])[0])
 
 
 def cutmix(x: Tensor, y: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor, Tensor, float]:
     """Public cutmix_data/rand_bbox (W=size(2), H=size(3) as there); returns (mixed clone, y, y[perm], lam)."""
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = beta_sample(alpha)
     perm = torch.randperm(x.shape[0], device=x.device)
     W, H = x.shape[2], x.shape[3]
     cut_rat = math.sqrt(1.0 - lam)
