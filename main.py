@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             dist.init(resolve_device(cfg.device).type, cfg.dist_timeout)
             dist.stop_on_sigterm()
         device, data, tasks = main_first(lambda: build_run(cfg))
-        ignored += grey_fold_unused(cfg, data.train.images.shape[1])
+        ignored += grey_fold_unused(cfg, data.train.images.shape[1],
+                                   get_method_class(cfg.mode).form(cfg.follow).optimizer_kind(cfg))
         opened = None if cfg.dry_run else open_run_everywhere(cfg, Path(cfg.out_dir))
     except USER_ERRORS as e:
         if dist.info().main:

@@ -176,14 +176,15 @@ def unused_flags(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def grey_fold_unused(cfg: argparse.Namespace, data_channels: int) -> list[str]:
-    """--grey_fold all/off where it changes nothing (it acts on mlp400 fed grey images, with SGD)."""
+def grey_fold_unused(cfg: argparse.Namespace, data_channels: int, optimizer_kind: str | None) -> list[str]:
+    """--grey_fold all/off where it changes nothing (it acts on mlp400 fed grey images, trained with SGD or with
+    Adam without weight decay: ``optimizer_kind``, the method's)."""
     if cfg.grey_fold == "auto" or (cfg.model_name == "mlp400" and data_channels == 1 and cfg.in_channels > 1
-                                   and cfg.opt_name == "sgd"):
+                                   and optimizer_kind is not None):
         return []
     return [f"--grey_fold {cfg.grey_fold} has no effect here: it applies to mlp400 with 3 input channels fed grey "
-            f"images and trained with sgd (this run: {cfg.model_name}, --in_channels {cfg.in_channels}, "
-            f"{data_channels}-channel images, {cfg.opt_name})"]
+            f"images and trained with sgd, or with the Adam of the ER family (this run: {cfg.model_name}, "
+            f"--in_channels {cfg.in_channels}, {data_channels}-channel images, {cfg.mode} with {cfg.opt_name})"]
 
 
 def fill_method_flags(args: argparse.Namespace) -> None:

@@ -112,11 +112,27 @@ class Method:
     # ----------------------------------------------------------------- model
     def new_model(self, n_out: int) -> nn.Module:
         size = self.data.train.images.shape[-1]
-        mode = getattr(self.cfg, "grey_fold", "auto")
-        grey_sgd = (self.data.train.images.shape[1] == 1 and self.cfg.opt_name == "sgd"
-                    and (mode == "all" or (mode == "auto" and self.exact_grey_fold)))
         self.head = "initial"
-        return build_model(self.cfg.model_name, n_out, self.in_channels, size, grey_sgd).to(self.device)
+        return build_model(self.cfg.model_name, n_out, self.in_channels, size, self.grey_fold()).to(self.device)
+
+    def grey_fold(self) -> str | None:
+        """mlp400's fold of its identical input slices on grey images (models.mlp.MLP): the kind of the
+        optimizer the method trains with ("sgd", or "adam" without weight decay: ``optimizer_kind``) where the
+        fold is exact for the method (``fold_exact``) or --grey_fold all forces it; None otherwise."""
+        mode = getattr(self.cfg, "grey_fold", "auto")
+        if self.data.train.images.shape[1] != 1 or not (mode == "all" or (mode == "auto" and self.fold_exact())):
+            return None
+        return self.optimizer_kind(self.cfg)
+
+    @classmethod
+    def optimizer_kind(cls, cfg) -> str | None:
+        """The optimizer ``build_optimizer`` makes, as a grey fold knows it: "sgd", or None (the preset's Adam
+        and RAdam have weight decay)."""
+        return "sgd" if cfg.opt_name == "sgd" else None
+
+    def fold_exact(self) -> bool:
+        """Whether folding mlp400's input slices leaves this method's training exact (``exact_grey_fold``)."""
+        return self.exact_grey_fold
 
     def replace_head(self, n_out: int) -> None:
         """The public code: a freshly initialised nn.Linear with bias."""

@@ -101,6 +101,7 @@ class BiCStream(ER):
     Held-out samples count toward ``online_iter``'s counter but not toward the temporary batch, which
     fills with the other samples and keeps its remainder across tasks (CLIB). KD is always on (the CLIB
     scripts' default; --distilling is the blurry protocol's flag). Gradients are clipped at norm 10."""
+    exact_grey_fold = False  # the clipped gradient norm counts each input slice of mlp400
 
     name = "bic"
     remember_first = True  # the chunk's held-out decisions are taken before its steps (``remember``)

@@ -14,6 +14,7 @@ from methods.clib_rules import (LR_FACTOR, loss_change, lr_decision, newcomer_im
                                 update_importance)
 from methods.er import ER
 from methods.engine.online_protocol import StepCounter, grow_head
+from utils.data.augment import normalize
 
 logger = logging.getLogger("rm")
 LR_PERIOD = 10  # training calls per lr phase (the CLIB code's lr_period)
@@ -54,6 +55,7 @@ class CLIB(ER):
         self.decreases: dict[str, list[float]] = {"high": [], "low": []}
         self.train_count = 0  # training calls so far: samples that earned at least one step
         self.steps_left = 0  # steps still due for the current sample
+        self._inputs = (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device))
 
     @classmethod
     def hyper_defaults(cls, follow: str) -> dict:
@@ -161,13 +163,28 @@ class CLIB(ER):
     def memory_losses(self) -> torch.Tensor:
         """Per-slot CE of the whole memory: eval mode, un-augmented images; train mode afterwards."""
         mem = self.memory.indices
+        x = self.memory_inputs(mem)
         self.model.eval()
-        out = [F.cross_entropy(self.predict_logits(self.data.train.images[mem[s:s + LOSS_BATCH]]),
-                               self.data.train_labels[mem[s:s + LOSS_BATCH]], reduction="none")
-               for s in range(0, len(mem), LOSS_BATCH)]
+        out = [F.cross_entropy(self.model(x[s:s + LOSS_BATCH]), self.data.train_labels[mem[s:s + LOSS_BATCH]],
+                               reduction="none") for s in range(0, len(mem), LOSS_BATCH)]
         self.model.train()
         self.count("importance_losses", len(mem))
         return torch.cat(out).float()
+
+    def memory_inputs(self, mem: torch.Tensor) -> torch.Tensor:
+        """The normalised images of the memory slots ``mem``, kept between passes: only the slots whose sample
+        changed since the last pass are normalised again (one per step once the memory is full)."""
+        have, x = self._inputs
+        n = min(len(have), len(mem))
+        redo = torch.nonzero(have[:n] != mem[:n]).flatten().tolist() + list(range(n, len(mem)))
+        if len(mem) != len(have):
+            x = torch.cat([x[:n], x.new_empty((len(mem) - n, *x.shape[1:]))]) if n else \
+                torch.empty((len(mem), *self.data.train.images.shape[1:]), device=self.device)
+        if redo:
+            rows = torch.tensor(redo, device=mem.device)
+            x[rows] = normalize(self.data.train.images[mem[rows]], self.data.mean, self.data.std)
+        self._inputs = (mem.clone(), x)
+        return x
 
     def importance_pass(self) -> None:
         """The drawn slots' H moves by the mean loss change of the slots unchanged since the last pass."""

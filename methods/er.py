@@ -52,6 +52,11 @@ class ER(Method):
     def memory_size(self) -> int:
         return max(self.cfg.memory_size - self.cfg.temp_batchsize, 0)
 
+    @classmethod
+    def optimizer_kind(cls, cfg) -> str | None:
+        """Adam without weight decay, whatever --opt_name says: mlp400 on grey images takes the Adam fold."""
+        return "adam"
+
     def build_optimizer(self) -> None:
         """The CLIB code's Adam (weight decay 0)."""
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0, fused=True)

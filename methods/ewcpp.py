@@ -6,6 +6,7 @@ import torch
 from methods import register
 from methods.er import ER
 from methods.replay_rules import ewcpp_update
+from models.mlp import ScaleValue
 
 
 @register("ewc++")
@@ -14,7 +15,9 @@ class EWCpp(ER):
     F <- 0.5 F + 0.5 g^2 (the first step: g^2); at each task end F and theta* fill the one slot. The CLIB
     code reads the gradients after ``zero_grad()``, so its F stays zero, its penalty is exactly zero and
     ewc++ trains as er does, bit for bit (i-Blurry's default: the zero penalty is not computed); elsewhere,
-    and with --as_intended, F is read after the backward pass, so it updates and the penalty acts."""
+    and with --as_intended, F is read after the backward pass, so it updates and the penalty acts. With
+    mlp400's Adam fold (grey images) the one input weight stands for 3 slices that share their gradient, F
+    and drift: its penalty counts 3 times, its gradient once (each slice's own)."""
 
     def __init__(self, cfg, data, device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
@@ -29,8 +32,10 @@ class EWCpp(ER):
         if not self.importance:
             return None
         params = self.body_params()
-        return self.cfg.reg_coef * sum((f * (params[n] - self.anchor[n]).square()).sum()
-                                       for n, f in self.importance.items())
+        slices = getattr(self.model, "per_slice", dict)()  # mlp400's Adam fold: one input weight for 3 slices
+        terms = ((f * (params[n] - self.anchor[n]).square()).sum() for n, f in self.importance.items())
+        return self.cfg.reg_coef * sum(ScaleValue.apply(t, slices[n]) if n in slices else t
+                                       for n, t in zip(self.importance, terms))
 
     def train_step(self, x, y, idx=None, extra=None):
         out = super().train_step(x, y, idx, extra)

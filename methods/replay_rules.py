@@ -61,19 +61,21 @@ def mir_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand_x: torch
     current model's pass over the candidates (the virtually stepped model is a copy: its pass moves a copy);
     False: the running statistics are left as they were and the candidates are scored in eval mode. The
     parameters are never changed."""
-    params = {n: p.detach().requires_grad_() for n, p in model.named_parameters() if p.requires_grad}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     buffers = dict(model.named_buffers())
-    step_buffers = buffers if bn_drift else {n: b.clone() for n, b in buffers.items()}
+    saved = None if bn_drift else {n: b.clone() for n, b in buffers.items()}
     was_training = model.training
-
     try:
-        model.train()  # the virtual step's gradient, as the real step computes it
-        loss = F.cross_entropy(functional_call(model, (params, step_buffers), (x,)), y)
-        g = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
-        virtual = {n: (p - lr * g[n]).detach() for n, p in params.items()}
+        model.train()  # the virtual step's gradient, as the real step computes it (the model's own forward pass)
+        loss = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [p for _, p in named])
+        if saved is not None:  # that pass moved the running statistics: put them back
+            for n, b in buffers.items():
+                b.copy_(saved[n])
         model.train(bn_drift)
         with torch.no_grad():
-            now = F.cross_entropy(functional_call(model, (params, buffers), (cand_x,)), cand_y, reduction="none")
+            virtual = {n: p - lr * g for (n, p), g in zip(named, grads)}
+            now = F.cross_entropy(model(cand_x), cand_y, reduction="none")
             copies = {n: b.clone() for n, b in buffers.items()} if bn_drift else buffers
             after = F.cross_entropy(functional_call(model, (virtual, copies), (cand_x,)), cand_y, reduction="none")
     finally:

@@ -52,7 +52,7 @@ def _fold_run():
     torch.manual_seed(0)
     full = build_model("mlp400", 10)
     torch.manual_seed(0)
-    fold = build_model("mlp400", 10, grey_sgd=True)
+    fold = build_model("mlp400", 10, grey_fold="sgd")
     w = full.input.lin.weight.detach()
     assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1))
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -70,3 +70,47 @@ def _fold_run():
     assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9)
     w = full.input.lin.weight.detach()
     assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1), atol=1e-9)
+
+
+def test_grey_adam_fold_follows_the_3_channel_model():
+    """20 steps of Adam without weight decay on grey images: the Adam-folded model (Q = W_eff / 3, forward 3 Q)
+    and the 3-channel model fed the image three times agree, in float64 to 1e-9 and in float32 to rounding (the
+    sum of three slices against three times one: the two paths differ only in the last bits)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        full, fold, x = _adam_fold_run()
+        assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9, rtol=0)
+        w = full.input.lin.weight.detach().view(400, 3, 784)
+        assert torch.allclose(3 * fold.input.lin.weight, w.sum(1), atol=1e-9, rtol=0)
+        assert torch.allclose(w[:, 1] - w[:, 0], full_init_gap(), atol=1e-12)  # every slice moved by the same step
+    finally:
+        torch.set_default_dtype(old)
+    full, fold, x = _adam_fold_run()
+    a, b = full(x.expand(-1, 3, -1, -1)), fold(x)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def full_init_gap() -> torch.Tensor:
+    torch.manual_seed(0)
+    w = build_model("mlp400", 10).input.lin.weight.detach().view(400, 3, 784)
+    return w[:, 1] - w[:, 0]
+
+
+def _adam_fold_run():
+    torch.manual_seed(0)
+    full = build_model("mlp400", 10)
+    torch.manual_seed(0)
+    fold = build_model("mlp400", 10, grey_fold="adam")
+    assert fold.folded() == {} and fold.input.lin.weight.shape == (400, 784)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=0.0) for m in (full, fold)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(16, 1, 28, 28, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        for m, o, inp in ((full, opts[0], x.expand(-1, 3, -1, -1)), (fold, opts[1], x)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(inp), y).backward()
+            o.step()
+    full.eval(), fold.eval()
+    return full, fold, torch.randn(32, 1, 28, 28, generator=gen)

@@ -186,3 +186,22 @@ def test_mir_ranks_every_candidate_when_the_chunk_is_short(monkeypatch):
     monkeypatch.setattr(ER, "train_step", lambda self, x, y, idx=None, extra=None: seen.update(idx=idx))
     m.train_step(x, y, batch)
     assert torch.equal(seen["idx"], torch.cat([temp, batch[3:][mir_select(scores, 5)]]))
+
+
+def test_ewcpp_penalty_counts_the_adam_folded_input_weight_for_its_three_slices():
+    """ewc++ as intended on grey images (mlp400's Adam fold: one input weight Q for 3 identical slices): the
+    penalty is the 3-channel model's, reg * (3 F (Q - Q*)^2 + the other parameters'), and Q's gradient is one
+    slice's, 2 reg F (Q - Q*)."""
+    m = online("ewc++", "--as_intended", "--reg_coef", "2", n_cls=2, per_cls=4)
+    assert m.model.grey_fold == "adam" and m.model.per_slice() == {"input.lin.weight": 3}
+    params = m.body_params()
+    torch.manual_seed(1)
+    m.anchor = {n: p.detach() + 0.01 * torch.randn_like(p) for n, p in params.items()}
+    m.importance = {n: torch.rand_like(p) for n, p in params.items()}
+    pen = m.extra_loss(None, None, None)
+    parts = {n: (m.importance[n] * (p.detach() - m.anchor[n]).square()).sum() for n, p in params.items()}
+    want = 2 * (3 * parts["input.lin.weight"] + sum(v for n, v in parts.items() if n != "input.lin.weight"))
+    assert torch.allclose(pen, want, rtol=1e-5)
+    q = params["input.lin.weight"]
+    g, = torch.autograd.grad(pen, [q])
+    assert torch.allclose(g, 2 * 2 * m.importance["input.lin.weight"] * (q.detach() - m.anchor["input.lin.weight"]))

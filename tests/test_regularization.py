@@ -264,7 +264,7 @@ def _fold_penalty_steps(weight_decay: float) -> dict[str, float]:
     torch.manual_seed(0)
     full = build_model("mlp400", 10)
     torch.manual_seed(0)
-    fold = build_model("mlp400", 10, grey_sgd=True)
+    fold = build_model("mlp400", 10, grey_fold="sgd")
     assert fold_counts(fold) == {"input.lin.weight": 3} and fold_counts(full) == {}
     runs = []
     for m in (full, fold):

@@ -20,7 +20,7 @@ def main(out: str, dtype: str, steps: int) -> None:
     d = dist.init("cpu", 120)
     torch.set_default_dtype(getattr(torch, dtype))
     torch.manual_seed(0)
-    model = build_model("mlp400", 10, 3, 28, True)
+    model = build_model("mlp400", 10, 3, 28, "sgd")
     opt, _ = make_optimizer("sgd", 0.05, model, "cos")
     dist.sync_batchnorm(model, "cpu")
     net = dist.data_parallel(model, torch.device("cpu"))
