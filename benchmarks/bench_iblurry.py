@@ -15,7 +15,9 @@ only as far as MNIST on a CPU needs:
   1. main.py: keep --gpu_transform on a CPU (its tensor transforms run there too; rm's memory epochs use them
      whatever the flag says), instead of turning it off;
   2. utils/data_loader.py: ``np.int`` -> ``int`` in rand_bbox (NumPy >= 1.24 has no np.int);
-  3. methods/er_baseline.py: an 'mnist' entry (60000) in its table of dataset sizes.
+  3. methods/er_baseline.py: an 'mnist' entry (60000) in its table of dataset sizes;
+  4. methods/clib.py: no training call while the memory holds a single sample (mlp400's BatchNorm1d cannot
+     train on a batch of one; the CLIB code stops there at the run's first sample; ours skips those steps too).
 It needs pandas, SciPy, torch_optimizer... on the path: --clib_pythonpath (or $CLIB_PYTHONPATH) is prepended
 to PYTHONPATH. Without a CLIB checkout the CLIB side is skipped with a message (exit 0).
 
@@ -61,12 +63,26 @@ PATCHES = [  # (file, old, new): the only changes to the CLIB code (see the modu
     ("utils/data_loader.py", "cut_w = np.int(W * cut_rat)\n    cut_h = np.int(H * cut_rat)",
      "cut_w = int(W * cut_rat)\n    cut_h = int(H * cut_rat)"),
     ("methods/er_baseline.py", "num_samples = {'cifar10': 50000,", "num_samples = {'mnist': 60000, 'cifar10': 50000,"),
+    ("methods/clib.py", """            train_loss, train_acc = self.online_train([], self.batch_size, n_worker,
+                                                      iterations=int(self.num_updates), stream_batch_size=0)
+            self.report_training(sample_num, train_loss, train_acc)
+            self.num_updates -= int(self.num_updates)
+            self.update_schedule()""",
+     """            single = len(self.memory) < 2  # PATCH(mlp400): BatchNorm1d cannot train on a batch of one sample
+            if not single:
+                train_loss, train_acc = self.online_train([], self.batch_size, n_worker,
+                                                          iterations=int(self.num_updates), stream_batch_size=0)
+                self.report_training(sample_num, train_loss, train_acc)
+            self.num_updates -= int(self.num_updates)
+            if not single:
+                self.update_schedule()"""),
 ]
 RUNNER = r"""
 import json, os, runpy, sys, time
 from torch.optim.optimizer import register_optimizer_step_post_hook
 stats = {"steps": 0, "eval_s": 0.0}
 out, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.argv = ["main.py"] + argv  # before any import: the CLIB code parses its flags when its modules load
 window = [int(v) for v in os.environ.get("BENCH_PROFILE", "").split(",") if v]  # (steps before, steps profiled)
 prof = None
 if window:  # ours: a torch.profiler window of steps, with the engine's calls labelled
@@ -116,9 +132,8 @@ if script == "clib":  # time the CLIB code's evaluations
     for mod in ("er_baseline", "bic", "gdumb", "clib", "mir", "ewc", "rainbow_memory"):
         m = importlib.import_module("methods." + mod)
         for obj in list(vars(m).values()):
-            if isinstance(obj, type) and "online_evaluate" in vars(obj):
+            if isinstance(obj, type) and obj.__module__ == m.__name__ and "online_evaluate" in vars(obj):
                 setattr(obj, "online_evaluate", timed(vars(obj)["online_evaluate"]))
-sys.argv = ["main.py"] + argv
 try:
     runpy.run_path("main.py", run_name="__main__")
 finally:

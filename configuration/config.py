@@ -192,9 +192,9 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--grey_fold", default="auto", choices=["auto", "all", "off"],
       help="mlp400 on grey images with SGD, or with the ER family's Adam (no weight decay), keeps one input weight "
            "for its 3 identical channels (3x less work; with Adam, equal to the 3-channel model within rounding): "
-           "'auto' wherever that is exact (every method but ewc, rwalk and ewc++ as intended, whose penalty sees each "
-           "channel slice, and bic in i-Blurry, whose clipped gradient norm does); 'all' also for those (per-slice "
-           "importances; not exact, see docs/baselines.md); 'off' never")
+           "'auto' wherever that is exact (every method but ewc and rwalk, whose penalty sees each channel slice "
+           "and whose weight decay makes the slices drift apart); 'all' also for those (per-slice importances; not "
+           "exact, see docs/baselines.md); 'off' never")
     a("--dist_timeout", type=float, default=1800.0, metavar="S",
       help=range_help("dist_timeout", "under torchrun: seconds a rank waits for the others in one exchange "
                                       "before the run stops with an error (rank 0 builds the decoded-image cache "

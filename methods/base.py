@@ -23,7 +23,7 @@ from methods.memory import Featurizer, MemoryManager, build_manager, model_featu
 from methods.engine.graph_step import GraphStep, autocast, compile_engine
 from methods.engine.online_protocol import StepCounter, grow_head
 from methods.memory.uncertainty import vote_uncertainty
-from methods.engine.optim import make_optimizer
+from methods.engine.optim import clip_grad_norm_unfolded, make_optimizer
 from models import build_model
 from utils.data.augment import TrainAugment, cutmix, normalize
 from utils.data.batches import shuffled_batches
@@ -276,7 +276,7 @@ class Method:
             loss = loss + extra_loss
         loss.backward()
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            clip_grad_norm_unfolded(self.model, self.grad_clip)
         self.optimizer.step()
         return loss, logits, y
 

@@ -16,6 +16,7 @@ from methods.distill import kd_loss
 from methods.er import ER, LR_DECAY
 from methods.memory.base import rank_within_class
 from methods.engine.online_protocol import StepCounter, first_positions
+from methods.engine.optim import clip_grad_norm_unfolded
 from utils.data.augment import cutmix
 from utils.data.run_data import RunData
 
@@ -101,7 +102,6 @@ class BiCStream(ER):
     Held-out samples count toward ``online_iter``'s counter but not toward the temporary batch, which
     fills with the other samples and keeps its remainder across tasks (CLIB). KD is always on (the CLIB
     scripts' default; --distilling is the blurry protocol's flag). Gradients are clipped at norm 10."""
-    exact_grey_fold = False  # the clipped gradient norm counts each input slice of mlp400
 
     name = "bic"
     remember_first = True  # the chunk's held-out decisions are taken before its steps (``remember``)
@@ -273,7 +273,7 @@ class BiCStream(ER):
                     old = correct_logits(old, self.prev_layer, self.prev_mask)
             loss = loss + kd_loss(old, logits, T_DISTILL)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        clip_grad_norm_unfolded(self.model, self.grad_clip)
         self.optimizer.step()
         for g in self.optimizer.param_groups:
             g["lr"] *= LR_DECAY

@@ -114,3 +114,36 @@ def _adam_fold_run():
             o.step()
     full.eval(), fold.eval()
     return full, fold, torch.randn(32, 1, 28, 28, generator=gen)
+
+
+def test_clipped_norm_of_a_folded_mlp400_counts_every_slice():
+    """clip_grad_norm_unfolded: the total gradient norm of an SGD- or Adam-folded mlp400 is the 3-channel
+    model's (float64), and the clipped gradients follow; without a fold it is torch's own."""
+    from methods.engine.optim import clip_grad_norm_unfolded
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = torch.randn(16, 1, 28, 28)
+        y = torch.randint(0, 10, (16,))
+        norms = {}
+        for fold in (None, "sgd", "adam"):
+            torch.manual_seed(0)
+            m = build_model("mlp400", 10, grey_fold=fold)
+            inp = x.expand(-1, 3, -1, -1) if fold is None else x
+            torch.nn.functional.cross_entropy(m(inp), y).backward()
+            g = m.input.lin.weight.grad.clone()
+            norms[fold] = clip_grad_norm_unfolded(m, 1e-3)
+            coef = 1e-3 / (norms[fold] + 1e-6)
+            assert torch.allclose(m.input.lin.weight.grad, g * coef)
+        assert torch.allclose(norms["sgd"], norms[None]) and torch.allclose(norms["adam"], norms[None])
+    finally:
+        torch.set_default_dtype(old)
+    torch.manual_seed(0)
+    a = build_model("mlp400", 10)
+    b = build_model("mlp400", 10)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        torch.nn.functional.cross_entropy(m(x.float()), y).backward()
+    assert torch.equal(clip_grad_norm_unfolded(a, 0.5), torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5))
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))

@@ -50,3 +50,19 @@ def warm_start_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sc
     else:
         scheduler.step()
     return optimizer.param_groups[0]["lr"]
+
+
+def clip_grad_norm_unfolded(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` over ``model``'s gradients, the norm counted as the 3-channel mlp400
+    counts it: a grey-folded input weight (models.mlp) stands for ``c`` slices, so its gradient's norm is
+    scaled by 1/sqrt(c) (the SGD fold's sum of the slices: c g) or sqrt(c) (the Adam fold's one slice: g).
+    Returns the total norm. Without a fold it is torch's own function, bit for bit."""
+    scale = {n: c ** -0.5 for n, c in getattr(model, "folded", dict)().items()}
+    scale.update({n: c ** 0.5 for n, c in getattr(model, "per_slice", dict)().items()})
+    if not scale:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    norms = [torch.linalg.vector_norm(p.grad) * scale.get(n, 1.0) for n, p in named]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    torch.nn.utils.clip_grads_with_norm_([p for _, p in named], max_norm, total)
+    return total
