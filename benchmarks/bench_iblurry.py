@@ -4,7 +4,7 @@ and A_auc / A_last / F_last of both, method by method, on the same split files, 
   python benchmarks/bench_iblurry.py --clib_src ../i-Blurry --data_dir dataset          # every method
   python benchmarks/bench_iblurry.py --clib_src ../i-Blurry --methods er,clib --sides ours   # ours only
 
-The setting (the issue's table): i-Blurry-50-10 on every 6th MNIST training image (--every; 10,000 stream
+The setting (the CLIB scripts' CIFAR-10 settings on mlp400): i-Blurry-50-10 on every 6th MNIST training image (--every; 10,000 stream
 samples) and the whole test set, mlp400, memory 500, batch 16, temporary batch 8, online_iter 1, eval_period
 500, cutmix, each method's optimiser as the CLIB scripts give it (Adam 3e-4; rm: SGD 0.05 with the cosine
 schedule and 5 memory epochs). Both codes read the split files this tool generates for --seed (the CLIB
