@@ -102,10 +102,6 @@ class MLP(nn.Module):
         if self.grey_fold:
             self._fold_input_weight()
 
-    @property
-    def grey_sgd(self) -> bool:
-        return self.grey_fold == "sgd"
-
     def _fold_input_weight(self) -> None:
         """Keep one input weight for the C channel slices, which on a grey image repeated over C channels
         all receive the same gradient g.

@@ -48,6 +48,20 @@ def test_grey_sgd_fold_follows_the_3_channel_model_exactly():
         torch.set_default_dtype(old)
 
 
+def train_side_by_side(full, fold, opts) -> torch.Generator:
+    """20 steps of the 3-channel model (each grey batch repeated 3 times) and the folded one on the same
+    batches; the generator that drew them, for the test inputs."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(16, 1, 28, 28, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        for m, o, inp in ((full, opts[0], x.expand(-1, 3, -1, -1)), (fold, opts[1], x)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(inp), y).backward()
+            o.step()
+    return gen
+
+
 def _fold_run():
     torch.manual_seed(0)
     full = build_model("mlp400", 10)
@@ -57,14 +71,7 @@ def _fold_run():
     assert torch.allclose(fold.input.lin.weight, w.view(400, 3, 784).sum(1))
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
             for m in (full, fold)]
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        x = torch.randn(16, 1, 28, 28, generator=gen)
-        y = torch.randint(0, 10, (16,), generator=gen)
-        for m, o, inp in ((full, opts[0], x.expand(-1, 3, -1, -1)), (fold, opts[1], x)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(m(inp), y).backward()
-            o.step()
+    gen = train_side_by_side(full, fold, opts)
     x = torch.randn(32, 1, 28, 28, generator=gen)
     full.eval(), fold.eval()
     assert torch.allclose(full(x.expand(-1, 3, -1, -1)), fold(x), atol=1e-9)
@@ -104,14 +111,7 @@ def _adam_fold_run():
     fold = build_model("mlp400", 10, grey_fold="adam")
     assert fold.folded() == {} and fold.input.lin.weight.shape == (400, 784)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=0.0) for m in (full, fold)]
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        x = torch.randn(16, 1, 28, 28, generator=gen)
-        y = torch.randint(0, 10, (16,), generator=gen)
-        for m, o, inp in ((full, opts[0], x.expand(-1, 3, -1, -1)), (fold, opts[1], x)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(m(inp), y).backward()
-            o.step()
+    gen = train_side_by_side(full, fold, opts)
     full.eval(), fold.eval()
     return full, fold, torch.randn(32, 1, 28, 28, generator=gen)
 
