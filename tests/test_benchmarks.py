@@ -58,3 +58,11 @@ def test_bench_iblurry_runs_ours_and_skips_a_missing_clib_code(mnist_dir: Path, 
     row = next(line for line in out.splitlines() if line.startswith("| er |"))
     assert re.search(r"\| - / \d+ \|", row)  # our steps, no CLIB figures
     assert re.search(r"^\| er \| \d+ \| \d+\.\d \|", out.split("profiled")[1].split("\n", 3)[3])  # the profile row
+
+
+def test_bench_step_floor_prints_the_step_against_its_kernels():
+    out = bench("bench_step_floor.py", "--no_compile", "--steps", "3", "--rounds", "2", "--threads", "1")
+    rows = dict(re.findall(r"^\| ([a-zA-Z (),7]+) \| (\d+) \|", out, re.M))
+    assert set(rows) == {"eager step", "matrix products (7)", "fused Adam kernel"}, out
+    assert all(int(v) > 0 for v in rows.values())
+    assert re.search(r"35\.8 MFLOP per step, \d+ GFLOP/s", out)  # batch 16: 2 x 16 x (3 x 477,600 - 313,600)
