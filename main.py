@@ -17,10 +17,12 @@ from configuration.config import ConfigError, base_parser, resolve
 from configuration.validate import (check_against_data, check_classes, check_device_flags, check_world,
                                     grey_fold_unused, unused_flags)
 from methods import build_method, get_method_class, method_names
+from methods.engine.common import method_config
 from methods.engine.trainer import Settings, StopRun, Trainer
 from utils.data.decode import DataError
 from utils.data.run_data import RunData, load_splits, normalisation, resolve_device, to_device
 from utils.data.iblurry import load_or_make_iblurry, parse_iblurry, read_clib_collection, relabel
+from utils.data.siblurry import load_or_make_siblurry, parse_siblurry, task_lines
 from utils.data.splits import SplitError, load_or_make, read_collection, validate_against
 from utils.data.tasks import build_streams
 from utils.report import metrics
@@ -62,13 +64,17 @@ def build_run(cfg: argparse.Namespace) -> tuple[torch.device, RunData, Tasks]:
     train, test, info = load_splits(root, cfg.dataset, device, cfg.data_budget_gb, cfg.input_size, not cfg.no_cache,
                                     cfg.n_worker, cfg.decode_device)
     n_classes = len(train.classes)
-    spec = parse_iblurry(cfg.exp_name)
-    if spec is not None:  # i-Blurry: CLIB-format split files, labels by order of appearance
+    spec = parse_iblurry(cfg.exp_name) or parse_siblurry(cfg.exp_name)
+    if spec is not None:  # i-Blurry, Si-Blurry: CLIB-format split files, labels by order of appearance
         folder = Path(cfg.collections_dir) if cfg.collections_dir else Path(cfg.out_dir) / "collections" / cfg.dataset
-        tr_tasks, te_tasks = (relabel(*read_clib_collection(folder, cfg.dataset, cfg.n_tasks, spec, cfg.rnd_seed))
-                              if cfg.collections_dir else
-                              load_or_make_iblurry(folder, cfg.dataset, spec, cfg.rnd_seed, cfg.n_tasks,
-                                                   train.class_files(), test.class_files()))
+        if cfg.collections_dir:
+            tr_tasks, te_tasks = relabel(*read_clib_collection(folder, cfg.dataset, cfg.n_tasks, spec, cfg.rnd_seed))
+        elif cfg.setting == "siblurry":
+            tr_tasks, te_tasks = load_or_make_siblurry(folder, cfg.dataset, spec, cfg.rnd_seed, cfg.n_tasks,
+                                                       train.files, train.classes, test.class_files())
+        else:
+            tr_tasks, te_tasks = load_or_make_iblurry(folder, cfg.dataset, spec, cfg.rnd_seed, cfg.n_tasks,
+                                                      train.class_files(), test.class_files())
         validate_against(tr_tasks, te_tasks, set(train.files) | set(test.files))
     elif cfg.collections_dir:
         tr_tasks, te_tasks = read_collection(Path(cfg.collections_dir), cfg.dataset, cfg.exp_name, cfg.rnd_seed,
@@ -168,9 +174,9 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
               "backend": dist.info().backend or "none", "notes": dict(NOTES)}
     if decoded is not None:
         result["decoded_train_images_per_rank"] = decoded
-    if parse_iblurry(cfg.exp_name) is not None:
+    if cfg.protocol == "sample_wise":
         result["F_last"] = metrics.f_last_per_class(rec["cls_acc"])
-        result["notes"]["F_last"] = ("i-Blurry: the mean, over classes with a non-zero best accuracy before the last "
+        result["notes"]["F_last"] = ("i-Blurry and Si-Blurry: the mean, over classes with a non-zero best accuracy before the last "
                                      "task, of that best accuracy minus the class's accuracy after the last task")
     if cfg.eval_period and trainer.anytime:  # joint, one offline task, has no anytime curve
         result["anytime"] = trainer.anytime
@@ -217,7 +223,8 @@ def start_log(cfg: argparse.Namespace, paths: RunPaths, device: torch.device, da
 def build_trainer(cfg: argparse.Namespace, data: RunData, tasks: Tasks, device: torch.device, writer,
                   state: dict | None) -> Trainer:
     """The method and its trainer, restored from a checkpoint ``state`` (with the RNG states)."""
-    method = build_method(cfg.mode, cfg, data, device, writer)
+    view = method_config(cfg)  # Si-Blurry: the stream batch is the method's temporary batch
+    method = build_method(cfg.mode, view, data, device, writer)
     trainer = Trainer(method, data, tasks, Settings.from_config(cfg), writer)
     if state:
         method.load_state_dict(state["method"])
@@ -240,6 +247,10 @@ def train_and_write(cfg: argparse.Namespace, device: torch.device, data: RunData
                     ignored: list[str]) -> int:
     """Train (continuing after the checkpoint ``state``), checkpoint after every task, write the results."""
     log, config = start_log(cfg, paths, device, data, state, ignored)
+    if cfg.setting == "siblurry":
+        names, label = data.train.classes, data.train.folder_label
+        for line in task_lines([[names[k] for k in label[s].tolist()] for s, _ in tasks]):
+            log.info("Si-Blurry split: %s", line)
     main_rank = dist.info().main  # only rank 0 writes: log file, TensorBoard, checkpoints, results
     writer = None
     if main_rank:

@@ -23,6 +23,7 @@ from models import MODELS
 from utils.data.augment import TRANSFORMS, UNCERTAINTY_METRICS
 from utils.data.datasets import DATASETS, DEFAULT_PRESET, PRESET_KEYS, preset_for, preset_text
 from utils.data.iblurry import parse_iblurry
+from utils.data.siblurry import parse_siblurry
 from utils.data.splits import SplitError, parse_exp
 
 __all__ = ["ConfigError", "base_parser", "resolve"]
@@ -70,8 +71,10 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--data_dir", default="dataset", help="folder holding <dataset>/train|test")
     a("--exp_name", default="blurry10",
       help="task split: disjoint, blurryM (M%% of each task's samples spread over the other tasks, 0<M<100: "
-           "blurry10, blurry30), or iblurryN_M (CLIB's i-Blurry: N%% disjoint classes, M%% of each blurry class "
-           "pooled; the sample-wise protocol)")
+           "blurry10, blurry30), iblurryN_M (CLIB's i-Blurry: N%% disjoint classes, M%% of each blurry class "
+           "pooled; the sample-wise protocol) or siblurryN_M (Si-Blurry: random task boundaries, the classes per "
+           "task and the M%% of all blurry samples pooled drawn from --rnd_seed; the stream in batches of "
+           "--batchsize, see docs/siblurry.md)")
     a("--stream_env", default="online", choices=["online", "offline"],
       help="online: one pass over each task's stream, then --n_epoch epochs on the memory; offline: --n_epoch "
            "epochs on stream + memory (i-Blurry: online only)")
@@ -208,13 +211,16 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     check_names(args)
     try:
         iblurry = parse_iblurry(args.exp_name)
-        if iblurry is None:
+        siblurry = parse_siblurry(args.exp_name) if iblurry is None else None
+        if iblurry is None and siblurry is None:
             parse_exp(args.exp_name)
     except SplitError:
         raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, blurryM "
-                          f"for an integer 0<M<100 (no leading zero), or iblurryN_M (percentages 0-100)") from None
-    args.protocol = "sample_wise" if iblurry is not None else "epochs"
-    args.follow = ("paper" if args.as_intended else "clib") if iblurry is not None else "cvpr21"
+                          f"for an integer 0<M<100 (no leading zero), iblurryN_M or siblurryN_M (percentages 0-100)") from None
+    sample_wise = iblurry is not None or siblurry is not None
+    args.protocol = "sample_wise" if sample_wise else "epochs"
+    args.setting = "siblurry" if siblurry is not None else "iblurry" if iblurry is not None else "cvpr21"
+    args.follow = ("paper" if args.as_intended else "clib") if sample_wise else "cvpr21"
     cls = get_method_class(args.mode).form(args.follow)
     for k, v in cls.hyper_defaults(args.follow).items():  # the method's own optimiser (CLIB's Adam) unless given
         if getattr(args, k) is None:
@@ -224,15 +230,17 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, k) is None:
             setattr(args, k, pre[k])
     fill_method_flags(args)
-    if iblurry is not None:
+    if sample_wise:
         args.n_init_cls = 1  # the head starts with one output and grows per exposed class
-        args.eval_period = args.eval_period or 100  # anytime evaluation is the protocol
-    chunked = iblurry is not None or cls.replays  # the stream trains in chunks of --temp_batchsize
-    if chunked and args.temp_batchsize is None:
-        args.temp_batchsize = cls.default_temp_batchsize(args.batchsize, args.follow)
+        # anytime evaluation is the protocol: the CLIB scripts' period, the Si-Blurry scripts'
+        args.eval_period = args.eval_period or (1000 if siblurry is not None else 100)
+    chunked = sample_wise or cls.replays  # the stream trains in chunks of --temp_batchsize
+    if chunked and args.temp_batchsize is None:  # Si-Blurry: the official trainer's default for every method
+        args.temp_batchsize = (max(1, args.batchsize // 2) if siblurry is not None
+                               else cls.default_temp_batchsize(args.batchsize, args.follow))
     check_ranges(args)
     check_lists(args)
-    check_sample_wise(args, iblurry is not None, chunked)
-    check_combinations(args, cls.stream_pass or iblurry is not None)  # sample-wise: gdumb trains at each evaluation
+    check_sample_wise(args, sample_wise, chunked)
+    check_combinations(args, cls.stream_pass or sample_wise)  # sample-wise: gdumb trains at each evaluation
     check_output(args.out_dir)
     return args

@@ -119,14 +119,17 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
 
 
 def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, chunked: bool) -> None:
-    """The i-Blurry protocol (--exp_name iblurryN_M) is sample by sample and online; --as_intended belongs to it;
+    """The sample-wise protocol (--exp_name iblurryN_M or siblurryN_M) is online; --as_intended belongs to it;
     ``chunked``: the stream trains in chunks of --temp_batchsize (i-Blurry, or a replaying method)."""
     if cfg.as_intended and not iblurry:
-        raise ConfigError("--as_intended changes methods of the i-Blurry protocol only (--exp_name iblurryN_M); "
-                          "drop it for blurry/disjoint runs")
+        raise ConfigError("--as_intended changes methods of the sample-wise protocol only (--exp_name iblurryN_M or "
+                          "siblurryN_M); drop it for blurry/disjoint runs")
     if iblurry and cfg.mem_manage not in (None, "default"):
-        raise ConfigError(f"--mem_manage {cfg.mem_manage}: the i-Blurry protocol's methods keep the memory their "
+        raise ConfigError(f"--mem_manage {cfg.mem_manage}: the sample-wise protocol's methods keep the memory their "
                           "papers define (docs/iblurry.md); drop --mem_manage")
+    if getattr(cfg, "setting", "") == "siblurry" and (cfg.online_iter or 1.0) < 1:
+        raise ConfigError(f"--online_iter {cfg.online_iter}: Si-Blurry runs int(--online_iter) updates per stream "
+                          "batch, none below 1; give 1 or more")
     if iblurry and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
     if chunked and cfg.temp_batchsize > cfg.batchsize:

@@ -63,7 +63,7 @@ def test_er_iblurry_end_to_end_then_killed_and_resumed(mnist_dir, tmp_path):
 
 def test_settings_the_protocol_refuses(mnist_dir, tmp_path, capsys):
     """What remains refused now that every method runs in every setting (tests/test_matrix.py)."""
-    for extra, words in [(["--exp_name", "blurry10", "--mode", "rm", "--as_intended"], "i-Blurry protocol only"),
+    for extra, words in [(["--exp_name", "blurry10", "--mode", "rm", "--as_intended"], "sample-wise protocol only"),
                          (["--exp_name", "blurry10", "--stream_env", "offline", "--mode", "gdumb", "--eval_period",
                            "100"], "drop --eval_period"),
                          (["--stream_env", "offline"], "online protocol"),

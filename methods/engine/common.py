@@ -53,15 +53,36 @@ class Settings:
     eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
     online_iter: float = 1.0  # i-Blurry protocol: steps per stream sample
     temp_batchsize: int = 0  # stream samples gathered before they train (sample-wise; replaying methods)
-    sample_wise: bool = False  # the sample-wise protocol (i-Blurry), else task-and-epoch (blurry/disjoint)
+    sample_wise: bool = False  # the sample-wise protocol (i-Blurry, Si-Blurry), else task-and-epoch (blurry/disjoint)
+    per_batch_iter: bool = False  # Si-Blurry: each chunk (a stream batch) earns int(online_iter) steps, not per sample
+    eval_after_batch: bool = False  # Si-Blurry: anytime points after the batch that passes a multiple of eval_period
 
     @classmethod
     def from_config(cls, cfg: argparse.Namespace) -> "Settings":
+        """The trainer's settings of a run's configuration (Si-Blurry: the stream in chunks of --batchsize)."""
+        siblurry = getattr(cfg, "setting", "") == "siblurry"
+        temp = getattr(cfg, "temp_batchsize", None) or 0
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
                    eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0,
                    online_iter=getattr(cfg, "online_iter", None) or 1.0,
-                   temp_batchsize=getattr(cfg, "temp_batchsize", None) or 0,
-                   sample_wise=getattr(cfg, "protocol", "epochs") == "sample_wise")
+                   temp_batchsize=cfg.batchsize if siblurry else temp,
+                   sample_wise=getattr(cfg, "protocol", "epochs") == "sample_wise",
+                   per_batch_iter=siblurry, eval_after_batch=siblurry)
+
+
+def method_config(cfg: argparse.Namespace) -> argparse.Namespace:
+    """The configuration a method sees; the run's own (logs, results, checkpoints, the trainer's settings) keeps
+    the flags as given. Si-Blurry, whose stream comes in batches of --batchsize, each running int(--online_iter)
+    updates: the method's temporary batch is the stream batch; its step's batch adds --batchsize -
+    --temp_batchsize memory samples (the official code's ER: 64 stream + 32 memory samples); a method that
+    counts its own steps per sample (the CLIB code's bic) counts int(--online_iter) / --batchsize per sample;
+    and no evaluation falls inside a chunk (eval_period 0 for a method that plans its work up to an evaluated
+    sample: bic), since Si-Blurry evaluates after whole batches. Any other setting: ``cfg`` itself."""
+    if getattr(cfg, "setting", "") != "siblurry":
+        return cfg
+    b = cfg.batchsize
+    return argparse.Namespace(**{**vars(cfg), "temp_batchsize": b, "batchsize": 2 * b - cfg.temp_batchsize,
+                                 "online_iter": int(cfg.online_iter or 1) / b, "eval_period": 0})
 
 
 def own_rows(sizes: list[int], device: torch.device) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Pieces of the sample-wise online protocol of i-Blurry (CLIB; SPEC section 12): labels by order of
-appearance, the head grown per new class, and the steps a temporary batch earns with ``online_iter``."""
+"""Pieces of the sample-wise online protocol of i-Blurry (CLIB; SPEC section 12) and Si-Blurry (SPEC section 13):
+labels by order of appearance, the head grown per new class, and the steps a chunk earns with ``online_iter``."""
 from __future__ import annotations
 
 import torch
@@ -57,6 +57,14 @@ class StepCounter:
 
     def load_state_dict(self, state: dict) -> None:
         self.online_iter, self.counter = float(state["online_iter"]), float(state["counter"])
+
+
+class BatchStepCounter(StepCounter):
+    """Si-Blurry's rule: every chunk of new samples (a stream batch, the last one possibly partial) runs
+    int(online_iter) training steps, whatever its size (the official trainer's online_step)."""
+
+    def add(self, n_samples: int) -> int:
+        return int(self.online_iter) if n_samples else 0
 
 
 def trainable(batches: list[torch.Tensor], model: nn.Module) -> list[torch.Tensor]:

@@ -1,10 +1,12 @@
-"""The stream a chunk at a time: i-Blurry's sample-wise protocol (CLIB; SPEC section 12), one task's stream in
-whole temporary batches with exposures and anytime evaluations at their exact sample positions, and the same
-chunk steps as the epochs of a replaying method in the task-and-epoch protocol. A part of the Trainer."""
+"""The stream a chunk at a time: the sample-wise protocol, one task's stream in whole temporary batches with
+exposures at their exact sample positions and anytime evaluations (i-Blurry, SPEC section 12: at their exact
+sample positions; Si-Blurry, section 13: after the batch that passes them), and the same chunk steps as the
+epochs of a replaying method in the task-and-epoch protocol. A part of the Trainer."""
 from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 
@@ -24,10 +26,12 @@ class SampleWiseLoop:
     protocol; ``EpochLoop`` calls ``train_chunks`` for a replaying method's epochs)."""
 
     def train_chunks(self, order: torch.Tensor, ends: list[int], counter, events: list[tuple[int, str, int]],
-                     remember: bool = True) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+                     remember: bool = True, after_chunk: Callable[[int], None] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
         """Train on ``order`` in chunks ending at ``ends``: each chunk earns ``steps_due`` steps, each on
         ``replay_batch(chunk)``, and enters the memory (``remember``, before the steps when the method says
-        so); ``events`` (position, kind, value) run after the sample at their position. Returns the summed
+        so); ``events`` (position, kind, value) run after the sample at their position, then ``after_chunk(end)``
+        (Si-Blurry's evaluations, ``end``: the samples of ``order`` so far). Returns the summed
         loss and correct count (on the device), samples drawn, samples scored and steps."""
         m, t = self.method, self.task_id
         imgs, labels = self.data.train.images, self.data.train_labels
@@ -56,6 +60,8 @@ class SampleWiseLoop:
             while k < len(events) and events[k][0] < end:
                 self.stream_event(*events[k])
                 k += 1
+            if after_chunk is not None:
+                after_chunk(end)
             start = end
         for pos, kind, value in events[k:]:  # past a dropped partial chunk: the evaluations still run
             if kind == "eval":
@@ -71,8 +77,10 @@ class SampleWiseLoop:
         t0, e0 = time.perf_counter(), self.eval_time
         m.before_fit("stream")
         ends = m.chunk_ends(len(stream), self.settings.temp_batchsize)
-        total_loss, correct, n_seen, n_acc, n_steps = self.train_chunks(stream, ends, self.counter,
-                                                                        self.stream_events(stream))
+        by_batch = self.settings.eval_after_batch
+        total_loss, correct, n_seen, n_acc, n_steps = self.train_chunks(
+            stream, ends, self.counter, self.stream_events(stream, evals=not by_batch),
+            after_chunk=self.batch_evals if by_batch else None)
         self.stream_seen += len(stream)
         self.samples["stream"] += n_seen
         self.timers["stream_pass"] += time.perf_counter() - t0 - (self.eval_time - e0)
@@ -86,14 +94,14 @@ class SampleWiseLoop:
         m.after_stream(t)
         return rec
 
-    def stream_events(self, stream: torch.Tensor) -> list[tuple[int, str, int]]:
+    def stream_events(self, stream: torch.Tensor, evals: bool = True) -> list[tuple[int, str, int]]:
         """(position, "grow", label) at the first sample of each class not exposed yet (labels are ranks
-        in the order of appearance) and the evaluations of ``eval_events``."""
+        in the order of appearance) and (``evals``) the evaluations of ``eval_events``."""
         labels = self.data.train_labels[stream]
         n, known = len(stream), len(self.method.exposed)
         first = first_positions(labels, int(labels.max()) + 1 if n else 1)
         events = [(int(p), "grow", c) for c, p in enumerate(first.tolist()) if c >= known and p < n]
-        return sorted(events + self.eval_events(n), key=lambda e: (e[0], e[1] == "eval"))
+        return sorted(events + (self.eval_events(n) if evals else []), key=lambda e: (e[0], e[1] == "eval"))
 
     def eval_events(self, n: int) -> list[tuple[int, str, int]]:
         """(position, "eval", samples seen) every --eval_period stream samples among the next ``n``."""
@@ -101,6 +109,18 @@ class SampleWiseLoop:
         if period <= 0 or self.method.single_task:  # joint: one offline task, no anytime curve
             return []
         return [(q - seen - 1, "eval", q) for q in range((seen // period + 1) * period, seen + n + 1, period)]
+
+    def batch_evals(self, end: int) -> None:
+        """Si-Blurry's rule, after each stream batch (``end``: this task's samples so far): one anytime point
+        when the run's stream samples first exceed the next multiple of --eval_period, recorded at that
+        multiple; the next point waits for the next multiple (the official trainer's counter), so a batch
+        that passes two multiples gives one point and the next batch the other."""
+        period = self.settings.eval_period
+        if period <= 0 or self.method.single_task:
+            return
+        due = period * (len(self.anytime) + 1)
+        if self.stream_seen + end > due:
+            self.anytime_point(self.exposed_test(), due)
 
     def stream_event(self, pos: int, kind: str, value: int) -> None:
         if kind == "grow":

@@ -18,7 +18,7 @@ from methods.engine.common import (PHASE_TIMER, DivergedError, FitResult, Settin
                                    Task)
 from methods.engine.epochs import EpochLoop
 from methods.engine.evaluation import evaluate
-from methods.engine.online_protocol import StepCounter
+from methods.engine.online_protocol import BatchStepCounter, StepCounter
 from methods.engine.sample_wise import SampleWiseLoop
 from utils.data.run_data import RunData
 from utils.run import dist
@@ -48,7 +48,8 @@ class Trainer(SampleWiseLoop, EpochLoop):
         self.task_id = 0
         self.test_idx = torch.empty(0, dtype=torch.long, device=data.train_labels.device)
         self.last_task = True
-        self.counter = StepCounter(settings.online_iter)  # i-Blurry protocol: steps earned by the samples
+        # the sample-wise protocol: steps earned by the samples (i-Blurry) or by the batches (Si-Blurry)
+        self.counter = (BatchStepCounter if settings.per_batch_iter else StepCounter)(settings.online_iter)
 
     # ----------------------------------------------------------------- tasks
     def eval_indices(self, t: int) -> torch.Tensor:

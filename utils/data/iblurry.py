@@ -29,6 +29,10 @@ class IBlurry:
     def name(self) -> str:
         return f"iblurry{self.n}_{self.m}"
 
+    def train_name(self, dataset: str, n_tasks: int, seed: int, t: int) -> str:
+        """The CLIB code's name of task t's training split."""
+        return f"{dataset}_split{n_tasks}_n{self.n}_m{self.m}_rand{seed}_task{t}.json"
+
 
 def parse_iblurry(exp: str) -> IBlurry | None:
     """IBlurry(N, M) for "iblurryN_M" (0 <= N, M <= 100), None for any other exp name."""
@@ -41,9 +45,9 @@ def parse_iblurry(exp: str) -> IBlurry | None:
     return IBlurry(n, m)
 
 
-def clib_train_name(dataset: str, n_tasks: int, spec: IBlurry, seed: int, t: int) -> str:
-    """The CLIB code's name of task t's training split."""
-    return f"{dataset}_split{n_tasks}_n{spec.n}_m{spec.m}_rand{seed}_task{t}.json"
+def clib_train_name(dataset: str, n_tasks: int, spec, seed: int, t: int) -> str:
+    """The name of task t's training split file of a sample-wise setting ``spec`` (IBlurry: the CLIB code's)."""
+    return spec.train_name(dataset, n_tasks, seed, t)
 
 
 def clib_test_name(dataset: str) -> str:
@@ -118,7 +122,7 @@ def task_summary(tasks: list[list[str]], role: dict[str, str], home: dict[str, i
     return lines
 
 
-def read_clib_collection(folder: Path | str, dataset: str, n_tasks: int, spec: IBlurry,
+def read_clib_collection(folder: Path | str, dataset: str, n_tasks: int, spec,
                          seed: int) -> tuple[list[list[Record]], list[Record]]:
     """The CLIB code's split files of one seed: per task its training records, and the test records.
     Records name their image by ``file_name`` or ``filepath``; ``label`` is never used (SPEC 12)."""
@@ -194,9 +198,14 @@ def load_or_make_iblurry(folder: Path | str, dataset: str, spec: IBlurry, seed: 
         folder.mkdir(parents=True, exist_ok=True)
         for name, files in zip(names, tasks):
             write_json_atomic(folder / name, file_records(files, order))
-    if not (folder / clib_test_name(dataset)).is_file():  # the official test set; its labels are never used
-        test_files = sorted(f for fs in test_class_files.values() for f in fs)
-        write_json_atomic(folder / clib_test_name(dataset),
-                          file_records(test_files, {c: -1 for c in test_class_files}))
+    write_test_file(folder, dataset, test_class_files)
     train, test = read_clib_collection(folder, dataset, n_tasks, spec, seed)
     return relabel(train, test)
+
+
+def write_test_file(folder: Path, dataset: str, test_class_files: dict[str, list[str]]) -> None:
+    """The CLIB code's test-set file (every test image; its labels are never used), unless it is there."""
+    if not (folder / clib_test_name(dataset)).is_file():
+        test_files = sorted(f for fs in test_class_files.values() for f in fs)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / clib_test_name(dataset), file_records(test_files, {c: -1 for c in test_class_files}))
