@@ -140,18 +140,22 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--uncert_metric", default="vr_randaug", choices=UNCERTAINTY_METRICS,
       help="rm's uncertainty: the perturbed views it votes over (vr_randaug: 12 RandAugment views)")
 
-    a = p.add_argument_group("the i-Blurry protocol and anytime evaluation").add_argument
+    a = p.add_argument_group("the sample-wise protocol (i-Blurry, Si-Blurry) and anytime evaluation").add_argument
     a("--eval_period", type=int, default=0, metavar="N",
       help=range_help("eval_period", "anytime accuracy: also evaluate every N stream samples on the test samples of "
                                      "the classes exposed so far; records the curve and A_auc; 0 = off (the "
-                                     "CVPR'21 protocol); i-Blurry runs take 100 for 0 (the CLIB scripts)"))
+                                     "CVPR'21 protocol); i-Blurry runs take 100 for 0 (the CLIB scripts), Si-Blurry runs 1000 (its "
+                                     "scripts; a point after the batch that passes each multiple)"))
     a("--online_iter", type=float, metavar="F",
       help=range_help("online_iter", "i-Blurry: training steps per stream sample (a fraction counts up: 0.25 = "
-                                     "one step per 4 samples); default 1"))
+                                     "one step per 4 samples); Si-Blurry: int(F) updates per stream batch of "
+                                     "--batchsize; default 1"))
     a("--temp_batchsize", type=int, metavar="N",
       help=range_help("temp_batchsize", "i-Blurry, and er, ewc++, mir, der++, clib in any setting: stream samples "
                                         "gathered before they train (with memory samples up to --batchsize); default "
-                                        "--batchsize // 2 (rm: --batchsize; clib, gdumb: 1)"))
+                                        "--batchsize // 2 (rm: --batchsize; clib, gdumb: 1); Si-Blurry: each update "
+                                        "adds --batchsize - --temp_batchsize memory samples to the stream batch "
+                                        "(default --batchsize // 2 for every method)"))
     a("--as_intended", action="store_true", default=None,
       help="i-Blurry: run the method as its paper intends where the CLIB code has a defect (SPEC section 12): rm "
            "as the CVPR'21 code runs it (steps of half stream, half memory; the memory chosen at each task end by "

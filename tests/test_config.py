@@ -119,7 +119,7 @@ def test_pretrain_is_accepted_with_a_warning(mnist_dir, tmp_path):
 
 
 HELP_GROUPS = ["the run: method, data, split and stream", "training", "memory",
-               "the i-Blurry protocol and anytime evaluation", "outputs and resume", "speed and scale-out"]
+               "the sample-wise protocol (i-Blurry, Si-Blurry) and anytime evaluation", "outputs and resume", "speed and scale-out"]
 
 
 def test_help_groups_every_flag_and_names_its_default(capsys):
