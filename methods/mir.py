@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from methods import register
 from methods.er import ER
@@ -17,7 +18,9 @@ class MIR(ER):
     random memory candidates are scored on un-augmented copies by CE after the step minus CE now; the
     --batchsize - --temp_batchsize most interfered (augmented) join the temporary batch for the real step.
     The CLIB code scores in train mode, so batch norm's running statistics move (its setting's default);
-    elsewhere, and with --as_intended, the scoring runs in eval mode and leaves them as they were."""
+    elsewhere, and with --as_intended, the scoring runs in eval mode and leaves them as they were. A step with
+    a single stream sample (a task's last chunk) on mlp400, whose BatchNorm1d cannot train on one sample, takes
+    the first candidates as drawn (uniform), unscored."""
 
     n_temp = 0  # the temporary samples at the head of the step's batch
 
@@ -35,9 +38,12 @@ class MIR(ER):
             cand = idx[n_temp:]
             plain = normalize(self.data.train.images[cand], self.data.mean, self.data.std)
             lr = self.optimizer.param_groups[0]["lr"]
-            scores = mir_scores(self.model, x[:n_temp], y[:n_temp], plain, y[n_temp:], lr,
-                                bn_drift=self.follow == "clib")
-            keep = mir_select(scores, self.cfg.batchsize - n_temp) + n_temp
+            if n_temp > 1 or not any(isinstance(m, nn.BatchNorm1d) for m in self.model.modules()):
+                scores = mir_scores(self.model, x[:n_temp], y[:n_temp], plain, y[n_temp:], lr,
+                                    bn_drift=self.follow == "clib")
+                keep = mir_select(scores, self.cfg.batchsize - n_temp) + n_temp
+            else:  # one stream sample (a task's last chunk): mlp400's BatchNorm1d cannot take its virtual step
+                keep = torch.arange(n_temp, min(len(x), self.cfg.batchsize), device=x.device)  # as drawn
             rows = torch.cat([torch.arange(n_temp, device=x.device), keep])
             x, y, idx = x[rows], y[rows], idx[rows]
         return super().train_step(x, y, idx, extra)

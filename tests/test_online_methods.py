@@ -188,6 +188,25 @@ def test_mir_ranks_every_candidate_when_the_chunk_is_short(monkeypatch):
     assert torch.equal(seen["idx"], torch.cat([temp, batch[3:][mir_select(scores, 5)]]))
 
 
+def test_mir_takes_the_candidates_as_drawn_for_a_one_sample_chunk(monkeypatch):
+    """A task's last chunk of a single stream sample: mlp400's BatchNorm1d cannot take the virtual step's
+    gradient on it (the seed-2 i-Blurry run on 10,000 MNIST images stopped there), so the step keeps the
+    first --batchsize - 1 candidates as drawn."""
+    from methods.er import ER
+
+    m = online("mir", "--memory_size", "12", "--batchsize", "8", n_cls=4, per_cls=6)
+    m.expose(list(range(4)))
+    m.remember(torch.arange(8), 0)
+    batch = m.replay_batch(torch.tensor([8]))
+    assert len(batch) == 1 + 8
+    x, y = m.train_aug(m.data.train.images[batch]), m.data.train_labels[batch]
+    seen = {}
+    monkeypatch.setattr(ER, "train_step", lambda self, x, y, idx=None, extra=None: seen.update(idx=idx))
+    m.model.train()
+    m.train_step(x, y, batch)
+    assert torch.equal(seen["idx"], batch[:8])
+
+
 def test_ewcpp_penalty_counts_the_adam_folded_input_weight_for_its_three_slices():
     """ewc++ as intended on grey images (mlp400's Adam fold: one input weight Q for 3 identical slices): the
     penalty is the 3-channel model's, reg * (3 F (Q - Q*)^2 + the other parameters'), and Q's gradient is one
