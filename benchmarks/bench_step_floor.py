@@ -1,6 +1,7 @@
 """What an ER step of mlp400 costs with no Python around it: the eager step against the same step compiled whole
 (torch.compile, inductor: no per-operator dispatch, elementwise work fused) and against its matrix products and
-optimizer kernel alone. The sample-wise protocol's floor on a machine (issue 26's "arithmetic it cannot avoid").
+optimizer kernel alone; and the forward pass over the whole memory that clib adds after every step. The
+sample-wise protocol's floor on a machine (issue 26's "arithmetic it cannot avoid").
 
   python benchmarks/bench_step_floor.py                 # batch 16, 10 classes, 2 threads
   python benchmarks/bench_step_floor.py --batch 16 --rounds 7 --steps 500
@@ -33,6 +34,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--memory", type=int, default=500, help="the memory that clib's importance pass scores")
     p.add_argument("--no_compile", action="store_true", help="skip the compiled step (no C++ compiler)")
     return p.parse_args(argv)
 
@@ -90,6 +92,14 @@ def variants(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
                            [s["exp_avg_sq"] for s in st], [], [s["step"] for s in st], amsgrad=False, lr=3e-4,
                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
     out["fused Adam kernel"] = adam_kernel
+    xm = torch.rand(args.memory, 1, 28, 28, device=dev)
+    ym = torch.randint(0, args.classes, (args.memory,), device=dev)
+    scorer = build_model("mlp400", args.classes, 3, 28, "adam").to(dev).eval()
+
+    @torch.no_grad()
+    def memory_pass() -> None:  # CLIB's importance pass: per-sample CE of the whole memory, eval mode
+        F.cross_entropy(scorer(xm), ym, reduction="none")
+    out[f"clib's memory pass ({args.memory} images)"] = memory_pass
     return out
 
 

@@ -61,8 +61,9 @@ def test_bench_iblurry_runs_ours_and_skips_a_missing_clib_code(mnist_dir: Path, 
 
 
 def test_bench_step_floor_prints_the_step_against_its_kernels():
-    out = bench("bench_step_floor.py", "--no_compile", "--steps", "3", "--rounds", "2", "--threads", "1")
-    rows = dict(re.findall(r"^\| ([a-zA-Z (),7]+) \| (\d+) \|", out, re.M))
-    assert set(rows) == {"eager step", "matrix products (7)", "fused Adam kernel"}, out
+    out = bench("bench_step_floor.py", "--no_compile", "--steps", "3", "--rounds", "2", "--threads", "1", "--memory",
+                "50")
+    rows = dict(re.findall(r"^\| ([a-zA-Z'0-9 (),]+) \| (\d+) \|", out, re.M))
+    assert set(rows) == {"eager step", "matrix products (7)", "fused Adam kernel", "clib's memory pass (50 images)"}, out
     assert all(int(v) > 0 for v in rows.values())
     assert re.search(r"35\.8 MFLOP per step, \d+ GFLOP/s", out)  # batch 16: 2 x 16 x (3 x 477,600 - 313,600)
