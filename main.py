@@ -176,8 +176,9 @@ def result_record(cfg: argparse.Namespace, config: dict, rec: dict, trainer: Tra
         result["decoded_train_images_per_rank"] = decoded
     if cfg.protocol == "sample_wise":
         result["F_last"] = metrics.f_last_per_class(rec["cls_acc"])
-        result["notes"]["F_last"] = ("i-Blurry and Si-Blurry: the mean, over classes with a non-zero best accuracy before the last "
-                                     "task, of that best accuracy minus the class's accuracy after the last task")
+        result["notes"]["F_last"] = ("i-Blurry and Si-Blurry: the mean, over classes with a non-zero best accuracy "
+                                     "before the last task, of that best accuracy minus the class's accuracy after "
+                                     "the last task")
     if cfg.eval_period and trainer.anytime:  # joint, one offline task, has no anytime curve
         result["anytime"] = trainer.anytime
         result["A_auc"] = metrics.a_auc([p["acc"] for p in trainer.anytime])

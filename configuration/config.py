@@ -144,8 +144,9 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
     a("--eval_period", type=int, default=0, metavar="N",
       help=range_help("eval_period", "anytime accuracy: also evaluate every N stream samples on the test samples of "
                                      "the classes exposed so far; records the curve and A_auc; 0 = off (the "
-                                     "CVPR'21 protocol); i-Blurry runs take 100 for 0 (the CLIB scripts), Si-Blurry runs 1000 (its "
-                                     "scripts; a point after the batch that passes each multiple)"))
+                                     "CVPR'21 protocol); i-Blurry runs take 100 for 0 (the CLIB scripts), "
+                                     "Si-Blurry runs 1000 (its scripts; a point after the batch that passes each "
+                                     "multiple)"))
     a("--online_iter", type=float, metavar="F",
       help=range_help("online_iter", "i-Blurry: training steps per stream sample (a fraction counts up: 0.25 = "
                                      "one step per 4 samples); Si-Blurry: int(F) updates per stream batch of "
@@ -220,7 +221,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             parse_exp(args.exp_name)
     except SplitError:
         raise ConfigError(f"unknown --exp_name '{args.exp_name}'; valid: disjoint, blurry10, blurry30, blurryM "
-                          f"for an integer 0<M<100 (no leading zero), iblurryN_M or siblurryN_M (percentages 0-100)") from None
+                          f"for an integer 0<M<100 (no leading zero), iblurryN_M or siblurryN_M (percentages "
+                          f"0-100)") from None
     sample_wise = iblurry is not None or siblurry is not None
     args.protocol = "sample_wise" if sample_wise else "epochs"
     args.setting = "siblurry" if siblurry is not None else "iblurry" if iblurry is not None else "cvpr21"

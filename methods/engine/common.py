@@ -53,8 +53,8 @@ class Settings:
     eval_period: int = 0  # anytime evaluation every N stream samples (0: off)
     online_iter: float = 1.0  # i-Blurry protocol: steps per stream sample
     temp_batchsize: int = 0  # stream samples gathered before they train (sample-wise; replaying methods)
-    sample_wise: bool = False  # the sample-wise protocol (i-Blurry, Si-Blurry), else task-and-epoch (blurry/disjoint)
-    per_batch_iter: bool = False  # Si-Blurry: each chunk (a stream batch) earns int(online_iter) steps, not per sample
+    sample_wise: bool = False  # the sample-wise protocol (i-Blurry, Si-Blurry), else task and epochs (blurry, disjoint)
+    per_batch_iter: bool = False  # Si-Blurry: each chunk (a stream batch) earns int(online_iter) steps
     eval_after_batch: bool = False  # Si-Blurry: anytime points after the batch that passes a multiple of eval_period
 
     @classmethod
