@@ -12,7 +12,7 @@ MEM_MANAGE=${MEM_MANAGE:-"default"}  # default, random, reservoir, uncertainty, 
 SEEDS=${SEEDS:-"1 2 3"}
 DATASET=${DATASET:-"mnist"}          # mnist, fashion_mnist, cifar10, cifar100, imagenet or any folder under dataset/
 STREAM=${STREAM:-"online"}           # online, offline
-EXP=${EXP:-"blurry10"}               # disjoint, blurry10, blurry30
+EXP=${EXP:-"blurry10"}               # disjoint, blurry10, blurry30, iblurry50_10, siblurry50_10
 MEM_SIZE=${MEM_SIZE:-""}             # "" = the dataset's preset (500 for MNIST and CIFAR-10, 2000 for CIFAR-100)
 TRANS=${TRANS-"cutmix autoaug"}      # cutmix cutout randaug autoaug ("" for none)
 UNCERT_METRIC=${UNCERT_METRIC:-"vr_randaug"}
