@@ -118,19 +118,19 @@ def check_combinations(cfg: argparse.Namespace, stream_pass: bool) -> None:
                           "memory")
 
 
-def check_sample_wise(cfg: argparse.Namespace, iblurry: bool, chunked: bool) -> None:
+def check_sample_wise(cfg: argparse.Namespace, sample_wise: bool, chunked: bool) -> None:
     """The sample-wise protocol (--exp_name iblurryN_M or siblurryN_M) is online; --as_intended belongs to it;
     ``chunked``: the stream trains in chunks of --temp_batchsize (i-Blurry, or a replaying method)."""
-    if cfg.as_intended and not iblurry:
+    if cfg.as_intended and not sample_wise:
         raise ConfigError("--as_intended changes methods of the sample-wise protocol only (--exp_name iblurryN_M or "
                           "siblurryN_M); drop it for blurry/disjoint runs")
-    if iblurry and cfg.mem_manage not in (None, "default"):
+    if sample_wise and cfg.mem_manage not in (None, "default"):
         raise ConfigError(f"--mem_manage {cfg.mem_manage}: the sample-wise protocol's methods keep the memory their "
                           "papers define (docs/iblurry.md); drop --mem_manage")
     if getattr(cfg, "setting", "") == "siblurry" and (cfg.online_iter or 1.0) < 1:
         raise ConfigError(f"--online_iter {cfg.online_iter}: Si-Blurry runs int(--online_iter) updates per stream "
                           "batch, none below 1; give 1 or more")
-    if iblurry and cfg.stream_env != "online":
+    if sample_wise and cfg.stream_env != "online":
         raise ConfigError(f"--exp_name {cfg.exp_name} is an online protocol: use --stream_env online")
     if chunked and cfg.temp_batchsize > cfg.batchsize:
         raise ConfigError(f"--temp_batchsize {cfg.temp_batchsize} exceeds --batchsize {cfg.batchsize}: the stream "

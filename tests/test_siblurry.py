@@ -4,12 +4,14 @@ positions, a task with no new class and an empty task), and every method end to 
 training images) far above chance (10%), with a crash and --resume for one."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 import main as rm_main
+from methods.engine.common import Settings, method_config
 from methods.engine.online_protocol import BatchStepCounter
 from methods.engine.trainer import Trainer
 from tests.synthetic import crash_then_resume
@@ -77,6 +79,47 @@ def test_dataset_order_and_task_lines():
 def test_batch_step_counter_runs_int_online_iter_per_batch():
     c = BatchStepCounter(2.5)
     assert [c.add(16), c.add(16), c.add(3), c.add(0)] == [2, 2, 2, 0]  # a partial batch too; int(2.5) = 2
+
+
+def test_what_a_method_and_the_trainer_see_in_siblurry():
+    """The stream batch (16) is the method's temporary batch, its step adds 16 - 8 memory samples; bic's own
+    per-sample counter gets int(2.5) / 16; no evaluation inside a chunk for the method. The trainer chunks by
+    16, two updates per chunk, evaluations every 20. Any other setting: the configuration as it is."""
+    cfg = argparse.Namespace(setting="siblurry", batchsize=16, temp_batchsize=8, online_iter=2.5, eval_period=20,
+                             stream_env="online", exp_name="siblurry50_10", lr=0.1, topk=1, eval_epochs="all",
+                             protocol="sample_wise")
+    view = method_config(cfg)
+    assert (view.temp_batchsize, view.batchsize, view.online_iter, view.eval_period) == (16, 24, 2 / 16, 0)
+    assert (cfg.temp_batchsize, cfg.batchsize, cfg.online_iter, cfg.eval_period) == (8, 16, 2.5, 20)
+    st = Settings.from_config(cfg)
+    assert (st.temp_batchsize, st.online_iter, st.eval_period, st.per_batch_iter, st.eval_after_batch) == \
+        (16, 2.5, 20, True, True)
+    other = argparse.Namespace(**{**vars(cfg), "setting": "iblurry", "exp_name": "iblurry50_10"})
+    assert method_config(other) is other
+    st = Settings.from_config(other)
+    assert (st.temp_batchsize, st.per_batch_iter, st.eval_after_batch) == (8, False, False)
+
+
+def test_refused_inputs_write_nothing(mnist_dir, tmp_path, capsys):
+    """--online_iter below 1 (no update per batch) and an incomplete set of split files: exit 2, the reason,
+    nothing written."""
+    base = ["--mode", "er", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--exp_name", "siblurry50_10",
+            "--device", "cpu"]
+    out = tmp_path / "out"
+    assert rm_main.main(base + ["--online_iter", "0.5", "--out_dir", str(out)]) == 2
+    assert "Si-Blurry runs int(--online_iter) updates per stream batch" in capsys.readouterr().err
+    assert not out.exists()
+    folder = tmp_path / "split"
+    _write_split(mnist_dir, folder, [[("0", 20)], [("1", 20)]])
+    (folder / SiBlurry(50, 10).train_name("mnist", 2, 1, 1)).unlink()
+    assert rm_main.main(base + ["--n_tasks", "2", "--collections_dir", str(folder), "--out_dir", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err and not out.exists()
+    gen = tmp_path / "gen"
+    assert rm_main.main(base + ["--out_dir", str(gen), "--dry_run"]) == 0  # writes the 5 split files
+    (gen / "collections" / "mnist" / SiBlurry(50, 10).train_name("mnist", 5, 1, 3)).unlink()
+    assert rm_main.main(base + ["--out_dir", str(gen), "--run_name", "again"]) == 2
+    assert "incomplete siblurry50_10 split files for seed 1" in capsys.readouterr().err
+    assert not (gen / "results").exists()
 
 
 def _write_split(data_dir: Path, folder: Path, per_task: list[list[tuple[str, int]]]) -> None:

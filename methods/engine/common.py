@@ -61,11 +61,10 @@ class Settings:
     def from_config(cls, cfg: argparse.Namespace) -> "Settings":
         """The trainer's settings of a run's configuration (Si-Blurry: the stream in chunks of --batchsize)."""
         siblurry = getattr(cfg, "setting", "") == "siblurry"
-        temp = getattr(cfg, "temp_batchsize", None) or 0
         return cls(online=cfg.stream_env == "online", disjoint=cfg.exp_name == "disjoint", lr=cfg.lr, topk=cfg.topk,
                    eval_epochs=cfg.eval_epochs, eval_period=cfg.eval_period or 0,
                    online_iter=getattr(cfg, "online_iter", None) or 1.0,
-                   temp_batchsize=cfg.batchsize if siblurry else temp,
+                   temp_batchsize=getattr(method_config(cfg), "temp_batchsize", None) or 0,  # the methods' chunk
                    sample_wise=getattr(cfg, "protocol", "epochs") == "sample_wise",
                    per_batch_iter=siblurry, eval_after_batch=siblurry)
 

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -36,13 +37,19 @@ class IBlurry:
 
 def parse_iblurry(exp: str) -> IBlurry | None:
     """IBlurry(N, M) for "iblurryN_M" (0 <= N, M <= 100), None for any other exp name."""
-    match = re.fullmatch(r"iblurry(\d{1,3})_(\d{1,3})", exp)
+    nm = parse_nm("iblurry", exp)
+    return None if nm is None else IBlurry(*nm)
+
+
+def parse_nm(prefix: str, exp: str) -> tuple[int, int] | None:
+    """(N, M) of "<prefix>N_M" (percentages, 0 to 100), None for any other exp name."""
+    match = re.fullmatch(prefix + r"(\d{1,3})_(\d{1,3})", exp)
     if match is None:
         return None
     n, m = int(match.group(1)), int(match.group(2))
     if n > 100 or m > 100:
-        raise SplitError(f"--exp_name {exp}: N and M of iblurryN_M are percentages (0-100)")
-    return IBlurry(n, m)
+        raise SplitError(f"--exp_name {exp}: N and M of {prefix}N_M are percentages (0-100)")
+    return n, m
 
 
 def clib_train_name(dataset: str, n_tasks: int, spec, seed: int, t: int) -> str:
@@ -184,14 +191,25 @@ def load_or_make_iblurry(folder: Path | str, dataset: str, spec: IBlurry, seed: 
                          test_class_files: dict[str, list[str]]) -> tuple[list[list[Record]], list[list[Record]]]:
     """The CLIB-format split files of this seed from ``folder``, made and written first when missing
     (existing files are never rewritten); relabelled by exposure order (see ``relabel``)."""
+    return load_or_make_clib_split(folder, dataset, spec, seed, n_tasks,
+                                   lambda: make_iblurry(class_files, n_tasks, spec, seed)[0], test_class_files)
+
+
+def load_or_make_clib_split(folder: Path | str, dataset: str, spec, seed: int, n_tasks: int,
+                            make: Callable[[], list[list[str]]],
+                            test_class_files: dict[str, list[str]]) -> tuple[list[list[Record]], list[list[Record]]]:
+    """A sample-wise setting's split files of this seed (``spec.train_name``) from ``folder``; when none is there,
+    ``make()`` gives each task's training files, written with the classes' order of first appearance as labels
+    (existing files are never rewritten; some but not all of them: refused). The test-set file is written when
+    missing. Returns the files relabelled by exposure order (see ``relabel``)."""
     folder = Path(folder)
     names = [clib_train_name(dataset, n_tasks, spec, seed, t) for t in range(n_tasks)]
     have = [(folder / n).is_file() for n in names]
     if any(have) and not all(have):
-        raise SplitError(f"{folder}: incomplete i-Blurry split files for seed {seed} (missing "
+        raise SplitError(f"{folder}: incomplete {spec.name} split files for seed {seed} (missing "
                          f"{[n for n, h in zip(names, have) if not h][:3]}); restore them or delete the others")
     if not all(have):
-        tasks, _, _ = make_iblurry(class_files, n_tasks, spec, seed)
+        tasks = make()
         order: dict[str, int] = {}
         for f in (f for task in tasks for f in task):
             order.setdefault(folder_of(f), len(order))

@@ -19,14 +19,13 @@ folders, sorted names), as torchvision's ImageFolder. A class's id is its rank a
 (torchvision's targets for these datasets)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from utils.data.iblurry import read_clib_collection, relabel, write_test_file
-from utils.data.splits import Record, SplitError, file_records, folder_of, write_json_atomic
+from utils.data.iblurry import load_or_make_clib_split, parse_nm
+from utils.data.splits import Record, SplitError, folder_of
 
 
 @dataclass(frozen=True)
@@ -47,13 +46,8 @@ class SiBlurry:
 
 def parse_siblurry(exp: str) -> SiBlurry | None:
     """SiBlurry(N, M) for "siblurryN_M" (0 <= N, M <= 100), None for any other exp name."""
-    match = re.fullmatch(r"siblurry(\d{1,3})_(\d{1,3})", exp)
-    if match is None:
-        return None
-    n, m = int(match.group(1)), int(match.group(2))
-    if n > 100 or m > 100:
-        raise SplitError(f"--exp_name {exp}: N and M of siblurryN_M are percentages (0-100)")
-    return SiBlurry(n, m)
+    nm = parse_nm("siblurry", exp)
+    return None if nm is None else SiBlurry(*nm)
 
 
 @dataclass
@@ -137,35 +131,14 @@ def dataset_order(files: list[str]) -> list[str]:
 def load_or_make_siblurry(folder: Path | str, dataset: str, spec: SiBlurry, seed: int, n_tasks: int,
                           train_files: list[str], classes: list[str],
                           test_class_files: dict[str, list[str]]) -> tuple[list[list[Record]], list[list[Record]]]:
-    """This seed's split files from ``folder``, written first when missing (existing files are never
-    rewritten; the records' labels are the classes' order of first appearance), with the test-set file;
-    relabelled by exposure order (utils.data.iblurry.relabel)."""
-    folder = Path(folder)
-    names = [spec.train_name(dataset, n_tasks, seed, t) for t in range(n_tasks)]
-    have = [(folder / n).is_file() for n in names]
-    if not all(have):
-        write_split(folder, names, dataset, spec, seed, n_tasks, train_files, classes, any(have))
-    write_test_file(folder, dataset, test_class_files)
-    return relabel(*read_clib_collection(folder, dataset, n_tasks, spec, seed))
-
-
-def write_split(folder: Path, names: list[str], dataset: str, spec: SiBlurry, seed: int, n_tasks: int,
-                train_files: list[str], classes: list[str], some: bool) -> None:
-    """Generate the split and write its files (``some``: a few of them are there: refused)."""
-    if some:
-        missing = [n for n in names if not (folder / n).is_file()]
-        raise SplitError(f"{folder}: incomplete Si-Blurry split files for seed {seed} (missing {missing[:3]}); "
-                         "restore them or delete the others")
-    files = dataset_order(train_files)
-    class_id = {c: k for k, c in enumerate(sorted(classes))}
-    split = make_siblurry([class_id[folder_of(f)] for f in files], len(classes), n_tasks, spec, seed)
-    streams = [[files[i] for i in task] for task in split.tasks]
-    order: dict[str, int] = {}
-    for f in (f for task in streams for f in task):
-        order.setdefault(folder_of(f), len(order))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, stream in zip(names, streams):
-        write_json_atomic(folder / name, file_records(stream, order))
+    """This seed's split files from ``folder``, generated and written first when missing (existing files are
+    never rewritten), with the test-set file; relabelled by exposure order (utils.data.iblurry.relabel)."""
+    def make() -> list[list[str]]:
+        files = dataset_order(train_files)
+        class_id = {c: k for k, c in enumerate(sorted(classes))}
+        split = make_siblurry([class_id[folder_of(f)] for f in files], len(classes), n_tasks, spec, seed)
+        return [[files[i] for i in task] for task in split.tasks]
+    return load_or_make_clib_split(folder, dataset, spec, seed, n_tasks, make, test_class_files)
 
 
 def task_lines(task_classes: list[list[str]]) -> list[str]:
