@@ -1,5 +1,6 @@
 """The sample-wise protocol side by side with the CLIB code: wall time, steps, time per step, time in evaluation
-and A_auc / A_last / F_last of both, method by method, on the same split files, one run at a time.
+and A_auc / A_last / F_last of both, method by method (ours, then the CLIB code's, so that a shared machine's slow
+spells fall on both), on the same split files, one run at a time.
 
   python benchmarks/bench_iblurry.py --clib_src ../i-Blurry --data_dir dataset          # every method
   python benchmarks/bench_iblurry.py --clib_src ../i-Blurry --methods er,clib --sides ours   # ours only
@@ -26,6 +27,9 @@ loading and evaluations included); steps are the optimizer steps (a global step 
 evaluation is its ``online_evaluate`` calls, ours the results' evaluation timer. der++ has no CLIB
 counterpart: its ratio is against the CLIB code's er (which does less per step). Figures go to --out (JSON);
 --reuse FILE takes the CLIB rows from an earlier --out (the CLIB code does not change between runs of ours).
+--floor times, right after our runs of er, der++, ewc++, bic and clib, the floor of each run: its steps at the
+time of the method's step compiled whole by inductor (benchmarks/bench_step_floor.py; clib's adds its pass over
+the memory), plus our evaluations' time and the start-up no run avoids (``python -c "import torch"``).
 """
 from __future__ import annotations
 
@@ -187,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", default=None, help="take the CLIB rows from this earlier --out")
     p.add_argument("--profile", default="", metavar="WAIT,N",
                    help="then profile each of our runs again over N steps after WAIT (torch.profiler), e.g. 2000,500")
+    p.add_argument("--floor", action="store_true",
+                   help="after our runs of each method, time its step's floor (benchmarks/bench_step_floor.py, "
+                        "compiled by inductor) and print the floor of the run next to it")
+    p.add_argument("--floor_steps", type=int, default=300, help="--floor: steps per round (3 rounds)")
+    p.add_argument("--floor_eager", action="store_true", help="--floor: the eager step instead (no C++ compiler)")
     p.add_argument("--ours_flags", default="", help="extra flags for our runs (e.g. '--compile inductor')")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -328,6 +337,40 @@ def run_clib(method: str, args: argparse.Namespace, clib: Path, work: Path) -> d
             "F_last": f_last}
 
 
+FLOOR_STEP = {"er": ["er"], "der++": ["der++"], "ewc++": ["ewc++"], "bic": ["bic"],
+              "clib": ["er", "clib's memory pass"]}  # the floor bench's steps (compiled) and rows that make a step
+
+
+def import_torch_s(threads: int) -> float:
+    """The start-up no run avoids: the interpreter and ``import torch`` (median of 3)."""
+    env = runner_env(threads)
+    walls = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
+        walls.append(time.perf_counter() - t0)
+    return sorted(walls)[1]
+
+
+def run_floor(method: str, args: argparse.Namespace, work: Path, ours: dict, start_s: float) -> dict | None:
+    """The floor of ``method``'s run: its steps at the compiled step's time (bench_step_floor, timed now, so a
+    shared machine's slow spell falls on both), its evaluations as ours took them, and ``start_s``."""
+    rows = FLOOR_STEP.get(method)
+    if rows is None or not ours or "failed" in ours:
+        return None
+    out = work / f"floor_{method}.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_step_floor.py"), "--methods", rows[0], "--rounds", "3",
+           "--steps", str(args.floor_steps), "--threads", str(args.threads), "--memory", str(args.memory),
+           "--device", args.device, "--json", str(out)] + (["--no_compile"] if args.floor_eager else [])
+    run(cmd, ROOT, runner_env(args.threads), work / f"floor_{method}.log")
+    us = json.loads(out.read_text())["min_us_per_step"]  # a floor: the fastest round
+    kind = "eager step" if args.floor_eager else "compiled step (inductor)"
+    step_us = sum(us[f"{r} {kind}" if r in FLOOR_STEP else f"{r} ({args.memory} images)"] for r in rows)
+    floor = ours["steps"] * step_us / 1e6 + ours["eval_s"] + start_s
+    best = min(ours.get("walls_s", [ours["wall_s"]]))  # against the fastest of our runs
+    return {"step_us": step_us, "start_s": start_s, "floor_s": floor, "ours_s": best, "ours_over_floor": best / floor}
+
+
 def fmt(r: dict | None, key: str, f: str = "{:.2f}") -> str:
     return "-" if r is None or r.get(key) is None else f.format(r[key])
 
@@ -386,21 +429,36 @@ def main(argv: list[str] | None = None) -> int:
         if "der++" in rows and "er" not in rows:
             rows["er"] = {"clib": old.get("er", {}).get("clib")}
     collections = split_files(data, work, args.seed)
-    if "ours" in sides:
-        for m in args.methods:
-            rows[m]["ours"] = attempt("ours", m, repeated, args.repeat, run_ours, m, args, data, work, collections)
-            if args.profile:
-                rows[m]["profile"] = attempt("profile", m, run_ours, m, args, data, work, collections, args.profile)
+    clib = None
     if "clib" in sides:
         if not args.clib_src or not (Path(args.clib_src) / "main.py").is_file():
             print("SKIPPED the CLIB side: no CLIB code (give --clib_src or $CLIB_SRC, a checkout of naver-ai/i-Blurry)")
         else:
             clib = clib_copy(Path(args.clib_src), work, data, collections)
-            for m in args.methods:
-                rows[m]["clib"] = attempt("CLIB", m, run_clib, m, args, clib, work)
+    start_s = None
+    for m in args.methods:  # method by method, both sides: a shared machine's slow spells fall on both
+        if "ours" in sides:
+            rows[m]["ours"] = attempt("ours", m, repeated, args.repeat, run_ours, m, args, data, work, collections)
+        if clib is not None:
+            rows[m]["clib"] = attempt("CLIB", m, run_clib, m, args, clib, work)
+        if "ours" in sides and args.floor:
+            start_s = start_s if start_s is not None else import_torch_s(args.threads)
+            rows[m]["floor"] = attempt("floor", m, run_floor, m, args, work, rows[m]["ours"], start_s)
+        if "ours" in sides and args.profile:
+            rows[m]["profile"] = attempt("profile", m, run_ours, m, args, data, work, collections, args.profile)
     out.write_text(json.dumps({"setting": {"seed": args.seed, "threads": args.threads, "every": args.every,
                                            "ours_flags": args.ours_flags}, "rows": rows}, indent=1))
-    print(table({m: {k: v for k, v in r.items() if k != "profile"} for m, r in rows.items()}))
+    print(table({m: {k: v for k, v in r.items() if k not in ("profile", "floor")} for m, r in rows.items()}))
+    if args.floor:
+        kind = "eager" if args.floor_eager else "compiled"
+        print(f"\nOur runs against their floor (steps x the {kind} step, its fastest round, + our evaluations + "
+              f"python -c 'import torch'; ours: the fastest run):"
+              f"\n| method | {kind} step (us) | floor of the run (s) | ours, fastest (s) | ours / floor |\n|---|---|---|---|---|")
+        for m, r in rows.items():
+            f = r.get("floor")
+            if f and "failed" not in f:
+                print(f"| {m} | {f['step_us']:.0f} | {f['floor_s']:.1f} | {f['ours_s']:.1f} | "
+                      f"{f['ours_over_floor']:.2f}x |")
     if args.profile:
         print("\nOur steps, profiled (per step):\n" + profile_table(rows))
     print(f"figures: {out}")

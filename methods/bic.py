@@ -12,6 +12,7 @@ from methods import register
 from methods.base import Method
 from methods.distill import kd_loss
 from methods.engine.evaluation import EVAL_BATCH
+from methods.engine.optim import Adam
 from methods.memory.base import rank_within_class
 
 logger = logging.getLogger("rm")
@@ -158,7 +159,7 @@ class BiC(Method):
         if task_id == 0 or not self.new_classes or len(self.heldout) == 0:
             return False
         p = self.layers[task_id].clone().requires_grad_(True)
-        opt = torch.optim.Adam([p], lr=BIAS_LR)
+        opt = Adam([p], lr=BIAS_LR)
         mask = self.first_task == task_id
         self.model.eval()
         imgs, labels = self.data.train.images, self.data.train_labels

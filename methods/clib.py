@@ -14,6 +14,7 @@ from methods.clib_rules import (LR_FACTOR, loss_change, lr_decision, newcomer_im
                                 update_importance)
 from methods.er import ER
 from methods.engine.online_protocol import StepCounter, grow_head
+from methods.engine.optim import Adam
 from utils.data.augment import normalize
 
 logger = logging.getLogger("rm")
@@ -69,7 +70,7 @@ class CLIB(ER):
         """Adam (weight decay 0) with the CLIB code's two groups: the backbone, then the head."""
         head = {id(p) for p in self.model.fc.parameters()}
         body = [p for p in self.model.parameters() if id(p) not in head]
-        self.optimizer = torch.optim.Adam(body, lr=self.cfg.lr, weight_decay=0.0, fused=True)
+        self.optimizer = Adam(body, lr=self.cfg.lr, weight_decay=0.0, fused=True)
         self.optimizer.add_param_group({"params": list(self.model.fc.parameters())})
         self.scheduler = None
 

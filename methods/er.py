@@ -9,6 +9,7 @@ import torch
 from methods import register
 from methods.base import Method
 from methods.engine.online_protocol import grow_head
+from methods.engine.optim import Adam
 
 logger = logging.getLogger("rm")
 LR_DECAY = 0.9999  # per training step; the learning rate restarts at --lr at every new class (the CLIB code)
@@ -59,7 +60,7 @@ class ER(Method):
 
     def build_optimizer(self) -> None:
         """The CLIB code's Adam (weight decay 0)."""
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0, fused=True)
+        self.optimizer = Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=0.0, fused=True)
         self.scheduler = None
 
     def decay_lr(self) -> None:

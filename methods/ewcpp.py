@@ -5,8 +5,7 @@ import torch
 
 from methods import register
 from methods.er import ER
-from methods.replay_rules import ewcpp_update
-from models.mlp import ScaleValue
+from methods.replay_rules import EWCPenalty, ewcpp_update
 
 
 @register("ewc++")
@@ -24,18 +23,24 @@ class EWCpp(ER):
         self.fisher: dict[str, torch.Tensor] = {}  # F of every body parameter with a gradient so far
         self.anchor: dict[str, torch.Tensor] = {}  # theta* at the last task end
         self.importance: dict[str, torch.Tensor] = {}  # F at the last task end
+        self._body: tuple[torch.nn.Module | None, dict[str, torch.nn.Parameter]] = (None, {})
 
     def body_params(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if not n.startswith("fc.") and p.requires_grad}
+        """The parameters outside the head (kept per model: a grown head leaves them as they are)."""
+        if self._body[0] is not self.model:
+            self._body = (self.model, {n: p for n, p in self.model.named_parameters()
+                                       if not n.startswith("fc.") and p.requires_grad})
+        return self._body[1]
 
     def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         if not self.importance:
             return None
         params = self.body_params()
         slices = getattr(self.model, "per_slice", dict)()  # mlp400's Adam fold: one input weight for 3 slices
-        terms = ((f * (params[n] - self.anchor[n]).square()).sum() for n, f in self.importance.items())
-        return self.cfg.reg_coef * sum(ScaleValue.apply(t, slices[n]) if n in slices else t
-                                       for n, t in zip(self.importance, terms))
+        names = list(self.importance)
+        return EWCPenalty.apply(self.cfg.reg_coef, [self.importance[n] for n in names],
+                                [self.anchor[n] for n in names], [slices.get(n, 1) for n in names],
+                                *[params[n] for n in names])
 
     def train_step(self, x, y, idx=None, extra=None):
         out = super().train_step(x, y, idx, extra)

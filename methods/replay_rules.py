@@ -38,18 +38,45 @@ def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter
     with a gradient; a parameter without a Fisher yet takes g^2 (the CLIB code's first update, which it
     detects as a Fisher still all zero). Returns how many were updated. The CLIB code reads the gradients
     after ``zero_grad()``: none are left, so its Fisher never updates."""
-    n = 0
-    for name, p in params.items():
-        if p.grad is None:
-            continue
-        g2 = p.grad.square()
-        f = fisher.get(name)
-        if f is None or f.shape != g2.shape:
-            fisher[name] = g2
-        else:
-            f.mul_(1 - alpha).add_(g2, alpha=alpha)
-        n += 1
-    return n
+    live = [(name, p.grad) for name, p in params.items() if p.grad is not None]
+    if not live:
+        return 0
+    g2 = torch._foreach_pow([g for _, g in live], 2)  # g.square(), tensor by tensor
+    old = [(fisher[name], g) for (name, _), g in zip(live, g2) if name in fisher and fisher[name].shape == g.shape]
+    for (name, _), g in zip(live, g2):
+        if name not in fisher or fisher[name].shape != g.shape:
+            fisher[name] = g
+    if old:  # F.mul_(1 - alpha).add_(g2, alpha=alpha), one call for every parameter
+        fs = [f for f, _ in old]
+        torch._foreach_mul_(fs, 1 - alpha)
+        torch._foreach_add_(fs, [g for _, g in old], alpha=alpha)
+    return len(live)
+
+
+class EWCPenalty(torch.autograd.Function):
+    """EWC's penalty ``reg * sum_n c_n * sum(F_n * (p_n - a_n)^2)`` and its gradient ``2 reg F_n (p_n - a_n)``
+    (``c_n``: how many slices a folded weight stands for; its gradient is one slice's). The same operations as
+    autograd's graph of that expression, in its order, so the same bits; without the graph's nodes and its
+    backward's copies (autograd's square backward copies ``d`` before doubling it). Apply it as
+    ``EWCPenalty.apply(reg, fishers, anchors, counts, *params)``."""
+
+    @staticmethod
+    def forward(ctx, reg: float, fishers: list[torch.Tensor], anchors: list[torch.Tensor], counts: list[int],
+                *params: torch.Tensor) -> torch.Tensor:
+        ds = torch._foreach_sub(list(params), anchors)
+        total = None
+        for f, d, c in zip(fishers, ds, counts):
+            t = (f * d.square()).sum()
+            t = t * c if c != 1 else t
+            total = t if total is None else total + t
+        ctx.reg, ctx.fishers, ctx.ds = reg, fishers, ds
+        return total * reg
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN205 (autograd's tuple)
+        grads = torch._foreach_mul(ctx.fishers, g * ctx.reg)  # d/d(F d^2) = g reg F
+        torch._foreach_mul_(grads, torch._foreach_mul(ctx.ds, 2.0))  # ... * (2 d): square's backward
+        return (None, None, None, None, *grads)
 
 
 def mir_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cand_x: torch.Tensor, cand_y: torch.Tensor,

@@ -53,17 +53,26 @@ def test_bench_methods_prints_every_phase(mnist_dir: Path):
 
 def test_bench_iblurry_runs_ours_and_skips_a_missing_clib_code(mnist_dir: Path, tmp_path):
     out = bench("bench_iblurry.py", "--data_dir", str(mnist_dir), "--work", str(tmp_path / "work"), "--methods", "er",
-                "--every", "5", "--memory", "50", "--threads", "1", "--clib_src", str(tmp_path / "none"), "--profile", "20,10")
+                "--every", "5", "--memory", "50", "--threads", "1", "--clib_src", str(tmp_path / "none"), "--profile", "20,10",
+                "--floor", "--floor_eager", "--floor_steps", "3")
     assert "SKIPPED the CLIB side" in out
     row = next(line for line in out.splitlines() if line.startswith("| er |"))
     assert re.search(r"\| - / \d+ \|", row)  # our steps, no CLIB figures
     assert re.search(r"^\| er \| \d+ \| \d+\.\d \|", out.split("profiled")[1].split("\n", 3)[3])  # the profile row
+    floor = re.search(r"^\| er \| (\d+) \| (\d+\.\d) \| (\d+\.\d) \| (\d+\.\d\d)x \|$", out.split("their floor")[1], re.M)
+    assert floor, out  # the eager step's time, the run's floor, ours, and their ratio
+    step_us, floor_s, ours_s, ratio = map(float, floor.groups())
+    assert step_us > 0 and 0 < floor_s and abs(ours_s / floor_s - ratio) < 0.02 * ratio + 0.01
 
 
 def test_bench_step_floor_prints_the_step_against_its_kernels():
     out = bench("bench_step_floor.py", "--no_compile", "--steps", "3", "--rounds", "2", "--threads", "1", "--memory",
                 "50")
-    rows = dict(re.findall(r"^\| ([a-zA-Z'0-9 (),]+) \| (\d+) \|", out, re.M))
-    assert set(rows) == {"eager step", "matrix products (7)", "fused Adam kernel", "clib's memory pass (50 images)"}, out
+    rows = dict(re.findall(r"^\| ([a-zA-Z'0-9 (),+]+) \| (\d+) \|", out, re.M))
+    methods = ("er", "der++", "ewc++", "bic")
+    assert set(rows) == {f"{m} eager step" for m in methods} | {"matrix products (7)", "fused Adam kernel",
+                                                                  "clib's memory pass (50 images)"}, out
     assert all(int(v) > 0 for v in rows.values())
+    for m in methods:  # --no_compile: a run's floor at the eager step's time
+        assert re.search(rf"^floor of a run: {re.escape(m)} 10000 steps x eager step = \d+\.\d s$", out, re.M), out
     assert re.search(r"35\.8 MFLOP per step, \d+ GFLOP/s", out)  # batch 16: 2 x 16 x (3 x 477,600 - 313,600)

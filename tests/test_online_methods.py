@@ -31,6 +31,15 @@ def test_balanced_rule_by_hand():
     assert slots == [0, 2, 1, 2]
 
 
+def test_balanced_rule_with_fewer_slots_than_classes():
+    """Slots [3, 5], size 2: newcomer 0 counts {3:1, 5:1, 0:1}; its own class, the lowest label, holds no slot
+    (the CLIB code stops there), so the largest class that holds one gives it up: 3, the lower label, slot 0.
+    Then 7: {0:1, 5:1, 7:1} -> class 0, slot 0 -> [7, 5]."""
+    slots = [3, 5]
+    assert balanced_insert(slots, [0, 7], 2, [0.0, 0.0]) == [0, 0]
+    assert slots == [7, 5]
+
+
 def test_balanced_memory_a_slot_taken_twice_goes_to_the_later_newcomer():
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
     mem = build_manager("greedy_balanced", 3, labels)

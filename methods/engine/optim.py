@@ -1,7 +1,9 @@
 """Optimizers and schedules of the public code, and its per-call learning-rate warm start."""
 from __future__ import annotations
 
-from typing import Iterable
+import inspect
+import sys
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -13,17 +15,78 @@ SGD_MOMENTUM = 0.9  # Nesterov
 SGD_STABLE = 2 * (1 + SGD_MOMENTUM) / (1 + 2 * SGD_MOMENTUM)  # 19/14
 
 
+def dynamo_loaded() -> bool:
+    """Whether ``torch._dynamo`` is imported: nothing can be compiling or tracing before it is."""
+    return "torch._dynamo" in sys.modules
+
+
+def _bare(fn: Callable) -> Callable:
+    return inspect.unwrap(fn)  # below torch.optim's decorators, which keep the function as __wrapped__
+
+
+class _NoDynamoImport:
+    """torch.optim's own methods, called below their ``torch._dynamo`` wrappers while that module is not loaded.
+
+    The wrappers (``torch._disable_dynamo``, the step's grad-mode guard) import ``torch._dynamo`` on their
+    first call: about 1 s of every run's start-up, for guards that only act while dynamo traces a function,
+    which it cannot do unless it is loaded. Once it is (a compiled step), every call goes through torch's
+    wrappers as usual. The arithmetic is torch's own in both cases."""
+    _torch_class: type[torch.optim.Optimizer]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        fn = torch.optim.Optimizer.add_param_group
+        return (fn if dynamo_loaded() else _bare(fn))(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        fn = torch.optim.Optimizer.zero_grad
+        return (fn if dynamo_loaded() else _bare(fn))(self, set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        fn = torch.optim.Optimizer.state_dict
+        return (fn if dynamo_loaded() else _bare(fn))(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fn = torch.optim.Optimizer.load_state_dict
+        return (fn if dynamo_loaded() else _bare(fn))(self, state_dict)
+
+    def step(self, closure: Callable | None = None):  # noqa: ANN201 (torch's own return)
+        fn = self._torch_class.step
+        if dynamo_loaded():
+            return fn(self, closure)
+        prev = torch.is_grad_enabled()
+        try:  # what torch's _use_grad_for_differentiable does, less its dynamo graph breaks
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            return _bare(fn)(self, closure)
+        finally:
+            torch.set_grad_enabled(prev)
+
+
+class Adam(_NoDynamoImport, torch.optim.Adam):
+    """``torch.optim.Adam`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
+    _torch_class = torch.optim.Adam
+
+
+class SGD(_NoDynamoImport, torch.optim.SGD):
+    """``torch.optim.SGD`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
+    _torch_class = torch.optim.SGD
+
+
+class RAdam(_NoDynamoImport, torch.optim.RAdam):
+    """``torch.optim.RAdam`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
+    _torch_class = torch.optim.RAdam
+
+
 def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Parameter],
                    sched: str) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD (momentum 0.9, Nesterov, wd 1e-4), adam (wd 1e-6) or radam (wd 1e-5), and the schedule."""
     params = list(params.parameters() if isinstance(params, nn.Module) else params)
     # fused kernels: one pass over each parameter per step (the same update as the loop version)
     if name == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=1e-4, fused=True)
+        opt = SGD(params, lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=1e-4, fused=True)
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6, fused=True)
+        opt = Adam(params, lr=lr, weight_decay=1e-6, fused=True)
     elif name == "radam":
-        opt = torch.optim.RAdam(params, lr=lr, weight_decay=1e-5, foreach=True)
+        opt = RAdam(params, lr=lr, weight_decay=1e-5, foreach=True)
     else:
         raise ValueError(f"unknown optimizer '{name}'; valid: sgd, adam, radam")
     if sched == "cos":
@@ -59,10 +122,17 @@ def clip_grad_norm_unfolded(model: nn.Module, max_norm: float) -> torch.Tensor:
     Returns the total norm. Without a fold it is torch's own function, bit for bit."""
     scale = {n: c ** -0.5 for n, c in getattr(model, "folded", dict)().items()}
     scale.update({n: c ** 0.5 for n, c in getattr(model, "per_slice", dict)().items()})
-    if not scale:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-    norms = [torch.linalg.vector_norm(p.grad) * scale.get(n, 1.0) for n, p in named]
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    torch.nn.utils.clip_grads_with_norm_([p for _, p in named], max_norm, total)
+    if not scale:
+        total = torch.nn.utils.get_total_norm([p.grad for _, p in named])
+    else:
+        norms = list(torch._foreach_norm([p.grad for _, p in named]))  # vector_norm of each, one call
+        for i, (n, _) in enumerate(named):
+            if n in scale:  # the others' factor would be exactly 1.0
+                norms[i] = norms[i] * scale[n]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+    if not (total.device.type == "cpu" and bool(max_norm / (total + 1e-6) >= 1.0)):
+        torch.nn.utils.clip_grads_with_norm_([p for _, p in named], max_norm, total)
+    # else: torch's factor is exactly 1.0, and x * 1.0 == x: a pass over every gradient saved (on a CPU the
+    # comparison costs no device sync; a NaN norm compares False and is multiplied in, as torch does)
     return total

@@ -1,6 +1,8 @@
 """GDumb's class-balanced rule, sample by sample (the CLIB code's gdumb and rm memory)."""
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 from methods.memory.base import MemoryManager, register_manager
@@ -9,25 +11,25 @@ from methods.memory.base import MemoryManager, register_manager
 def balanced_insert(slot_labels: list[int], new_labels: list[int], size: int, draws: list[float]) -> list[int]:
     """Slot of each newcomer, in order (``len(slot_labels) + k`` for an appended one): a newcomer always
     enters; a full memory gives up a random slot (``draws`` in [0, 1)) of its largest class, the newcomer
-    counted (ties: the lowest label). ``slot_labels`` is updated in place."""
-    counts: dict[int, int] = {}
-    for y in slot_labels:
-        counts[y] = counts.get(y, 0) + 1
+    counted (ties: the lowest label; only classes that hold a slot). ``slot_labels`` is updated in place."""
+    where: dict[int, list[int]] = {}  # each class's slots, ascending
+    for i, y in enumerate(slot_labels):
+        where.setdefault(y, []).append(i)
     out = []
     for y, r in zip(new_labels, draws):
+        mine = where.setdefault(y, [])
         if len(slot_labels) < size:
+            mine.append(len(slot_labels))
             out.append(len(slot_labels))
             slot_labels.append(y)
-            counts[y] = counts.get(y, 0) + 1
             continue
-        freq = dict(counts)
-        freq[y] = freq.get(y, 0) + 1
-        top = max(freq.values())
-        victim_cls = min(c for c, n in freq.items() if n == top)
-        slots = [i for i, c in enumerate(slot_labels) if c == victim_cls]
-        slot = slots[int(r * len(slots))]
-        counts[victim_cls] -= 1
-        counts[y] = counts.get(y, 0) + 1
+        # the largest class that holds a slot (the CLIB code's argmax can pick the newcomer's own class with no
+        # sample yet, when every class holds one at most: np.random.choice of nothing stops it there)
+        top = max(len(s) + (c == y) for c, s in where.items() if s)
+        victim = min(c for c, s in where.items() if s and len(s) + (c == y) == top)
+        slots = where[victim]
+        slot = slots.pop(int(r * len(slots)))
+        bisect.insort(mine, slot)
         slot_labels[slot] = y
         out.append(slot)
     return out
