@@ -337,8 +337,10 @@ def run_clib(method: str, args: argparse.Namespace, clib: Path, work: Path) -> d
             "F_last": f_last}
 
 
-FLOOR_STEP = {"er": ["er"], "der++": ["der++"], "ewc++": ["ewc++"], "bic": ["bic"],
-              "clib": ["er", "clib's memory pass"]}  # the floor bench's steps (compiled) and rows that make a step
+# a method's step in the floor bench: its step's row, and the kernel rows it adds
+FLOOR_STEP: dict[str, tuple[str, tuple[str, ...]]] = {
+    "er": ("er", ()), "der++": ("der++", ()), "ewc++": ("ewc++", ()), "bic": ("bic", ()),
+    "clib": ("er", ("clib's memory pass",))}
 
 
 def import_torch_s(threads: int) -> float:
@@ -355,17 +357,17 @@ def import_torch_s(threads: int) -> float:
 def run_floor(method: str, args: argparse.Namespace, work: Path, ours: dict, start_s: float) -> dict | None:
     """The floor of ``method``'s run: its steps at the compiled step's time (bench_step_floor, timed now, so a
     shared machine's slow spell falls on both), its evaluations as ours took them, and ``start_s``."""
-    rows = FLOOR_STEP.get(method)
-    if rows is None or not ours or "failed" in ours:
+    if method not in FLOOR_STEP or not ours or "failed" in ours:
         return None
+    step, extra = FLOOR_STEP[method]
     out = work / f"floor_{method}.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_step_floor.py"), "--methods", rows[0], "--rounds", "3",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_step_floor.py"), "--methods", step, "--rounds", "3",
            "--steps", str(args.floor_steps), "--threads", str(args.threads), "--memory", str(args.memory),
            "--device", args.device, "--json", str(out)] + (["--no_compile"] if args.floor_eager else [])
     run(cmd, ROOT, runner_env(args.threads), work / f"floor_{method}.log")
     us = json.loads(out.read_text())["min_us_per_step"]  # a floor: the fastest round
     kind = "eager step" if args.floor_eager else "compiled step (inductor)"
-    step_us = sum(us[f"{r} {kind}" if r in FLOOR_STEP else f"{r} ({args.memory} images)"] for r in rows)
+    step_us = us[f"{step} {kind}"] + sum(us[f"{k} ({args.memory} images)"] for k in extra)
     floor = ours["steps"] * step_us / 1e6 + ours["eval_s"] + start_s
     best = min(ours.get("walls_s", [ours["wall_s"]]))  # against the fastest of our runs
     return {"step_us": step_us, "start_s": start_s, "floor_s": floor, "ours_s": best, "ours_over_floor": best / floor}
@@ -453,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = "eager" if args.floor_eager else "compiled"
         print(f"\nOur runs against their floor (steps x the {kind} step, its fastest round, + our evaluations + "
               f"python -c 'import torch'; ours: the fastest run):"
-              f"\n| method | {kind} step (us) | floor of the run (s) | ours, fastest (s) | ours / floor |\n|---|---|---|---|---|")
+              f"\n| method | {kind} step (us) | floor of the run (s) | ours, fastest (s) | ours / floor |"
+              "\n|---|---|---|---|---|")
         for m, r in rows.items():
             f = r.get("floor")
             if f and "failed" not in f:

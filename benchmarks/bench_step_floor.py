@@ -91,18 +91,27 @@ def mixed_ce(logits: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor, lam: torc
     return lam * F.cross_entropy(logits, ya) + (1 - lam) * F.cross_entropy(logits, yb)
 
 
+def adam_step(opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], before: Step | None = None,
+              after: Step | None = None) -> Step:
+    """A training step: zero_grad, the loss's backward pass, ``before``, Adam, ``after``."""
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        if before is not None:
+            before()
+        opt.step()
+        if after is not None:
+            after()
+    return step
+
+
 def er_step(args: argparse.Namespace, b: Batch, compiled: bool) -> Step:
     model, opt = model_and_opt(args)
 
     def loss_fn(x, ya, yb, lam):
         return mixed_ce(model(x), ya, yb, lam)
     fn = maybe_compile(loss_fn, compiled)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        fn(b.x, b.ya, b.yb, b.lam).backward()
-        opt.step()
-    return step
+    return adam_step(opt, lambda: fn(b.x, b.ya, b.yb, b.lam))
 
 
 def derpp_step(args: argparse.Namespace, compiled: bool) -> Step:
@@ -120,12 +129,7 @@ def derpp_step(args: argparse.Namespace, compiled: bool) -> Step:
         mse = ((logits[n:2 * n] - stored).square() * mask).sum() / mask.sum().clamp(min=1)
         return F.cross_entropy(logits[:n], y) + 0.2 * mse + 0.5 * F.cross_entropy(logits[2 * n:], y2)
     fn = maybe_compile(loss_fn, compiled)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        fn(x, y, y2, stored, mask).backward()
-        opt.step()
-    return step
+    return adam_step(opt, lambda: fn(x, y, y2, stored, mask))
 
 
 def fisher_update(fs: list[torch.Tensor], gs: list[torch.Tensor]) -> None:
@@ -147,13 +151,7 @@ def ewcpp_step(args: argparse.Namespace, b: Batch, compiled: bool, reg_coef: flo
         penalty = sum((f * (p - a).square()).sum() for f, p, a in zip(fisher, body, anchor))
         return mixed_ce(model(x), ya, yb, lam) + reg_coef * penalty
     fn, update = maybe_compile(loss_fn, compiled), maybe_compile(fisher_update, compiled)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        fn(b.x, b.ya, b.yb, b.lam).backward()
-        opt.step()
-        update(fisher, [p.grad for p in body])
-    return step
+    return adam_step(opt, lambda: fn(b.x, b.ya, b.yb, b.lam), after=lambda: update(fisher, [p.grad for p in body]))
 
 
 def bic_step(args: argparse.Namespace, b: Batch, compiled: bool, clip: float = 10.0) -> Step:
@@ -168,13 +166,8 @@ def bic_step(args: argparse.Namespace, b: Batch, compiled: bool, clip: float = 1
         logits = model(x)
         return mixed_ce(logits, ya, yb, lam) + kd_loss(old, logits, T=2.0)
     fn = maybe_compile(loss_fn, compiled)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        fn(b.x, b.ya, b.yb, b.lam).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-    return step
+    return adam_step(opt, lambda: fn(b.x, b.ya, b.yb, b.lam),
+                     before=lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
 
 
 def method_step(name: str, args: argparse.Namespace, b: Batch, compiled: bool) -> Step:

@@ -42,14 +42,17 @@ def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter
     if not live:
         return 0
     g2 = torch._foreach_pow([g for _, g in live], 2)  # g.square(), tensor by tensor
-    old = [(fisher[name], g) for (name, _), g in zip(live, g2) if name in fisher and fisher[name].shape == g.shape]
+    fs, gs = [], []  # the Fishers that update, and their g^2
     for (name, _), g in zip(live, g2):
-        if name not in fisher or fisher[name].shape != g.shape:
+        f = fisher.get(name)
+        if f is None or f.shape != g.shape:
             fisher[name] = g
-    if old:  # F.mul_(1 - alpha).add_(g2, alpha=alpha), one call for every parameter
-        fs = [f for f, _ in old]
+        else:
+            fs.append(f)
+            gs.append(g)
+    if fs:  # F.mul_(1 - alpha).add_(g2, alpha=alpha), one call for every parameter
         torch._foreach_mul_(fs, 1 - alpha)
-        torch._foreach_add_(fs, [g for _, g in old], alpha=alpha)
+        torch._foreach_add_(fs, gs, alpha=alpha)
     return len(live)
 
 

@@ -20,8 +20,9 @@ def dynamo_loaded() -> bool:
     return "torch._dynamo" in sys.modules
 
 
-def _bare(fn: Callable) -> Callable:
-    return inspect.unwrap(fn)  # below torch.optim's decorators, which keep the function as __wrapped__
+def _unguarded(fn: Callable) -> Callable:
+    """``fn``, or the function below torch.optim's decorators (kept as ``__wrapped__``) while dynamo is not loaded."""
+    return fn if dynamo_loaded() else inspect.unwrap(fn)
 
 
 class _NoDynamoImport:
@@ -31,49 +32,41 @@ class _NoDynamoImport:
     first call: about 1 s of every run's start-up, for guards that only act while dynamo traces a function,
     which it cannot do unless it is loaded. Once it is (a compiled step), every call goes through torch's
     wrappers as usual. The arithmetic is torch's own in both cases."""
-    _torch_class: type[torch.optim.Optimizer]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        fn = torch.optim.Optimizer.add_param_group
-        return (fn if dynamo_loaded() else _bare(fn))(self, param_group)
+        return _unguarded(torch.optim.Optimizer.add_param_group)(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        fn = torch.optim.Optimizer.zero_grad
-        return (fn if dynamo_loaded() else _bare(fn))(self, set_to_none)
+        return _unguarded(torch.optim.Optimizer.zero_grad)(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        fn = torch.optim.Optimizer.state_dict
-        return (fn if dynamo_loaded() else _bare(fn))(self)
+        return _unguarded(torch.optim.Optimizer.state_dict)(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        fn = torch.optim.Optimizer.load_state_dict
-        return (fn if dynamo_loaded() else _bare(fn))(self, state_dict)
+        return _unguarded(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     def step(self, closure: Callable | None = None):  # noqa: ANN201 (torch's own return)
-        fn = self._torch_class.step
+        fn = super().step.__func__  # the torch class's step, as decorated
         if dynamo_loaded():
             return fn(self, closure)
         prev = torch.is_grad_enabled()
         try:  # what torch's _use_grad_for_differentiable does, less its dynamo graph breaks
             torch.set_grad_enabled(self.defaults["differentiable"])
-            return _bare(fn)(self, closure)
+            return inspect.unwrap(fn)(self, closure)
         finally:
             torch.set_grad_enabled(prev)
 
 
 class Adam(_NoDynamoImport, torch.optim.Adam):
     """``torch.optim.Adam`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
-    _torch_class = torch.optim.Adam
 
 
 class SGD(_NoDynamoImport, torch.optim.SGD):
     """``torch.optim.SGD`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
-    _torch_class = torch.optim.SGD
 
 
 class RAdam(_NoDynamoImport, torch.optim.RAdam):
     """``torch.optim.RAdam`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
-    _torch_class = torch.optim.RAdam
 
 
 def make_optimizer(name: str, lr: float, params: nn.Module | Iterable[nn.Parameter],
