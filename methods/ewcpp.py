@@ -24,6 +24,7 @@ class EWCpp(ER):
         self.anchor: dict[str, torch.Tensor] = {}  # theta* at the last task end
         self.importance: dict[str, torch.Tensor] = {}  # F at the last task end
         self._body: tuple[torch.nn.Module | None, dict[str, torch.nn.Parameter]] = (None, {})
+        self._terms: tuple[tuple | None, tuple] = (None, ())  # penalty_terms' lists, with what they were made of
 
     def body_params(self) -> dict[str, torch.nn.Parameter]:
         """The parameters outside the head (kept per model: a grown head leaves them as they are)."""
@@ -35,12 +36,19 @@ class EWCpp(ER):
     def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         if not self.importance:
             return None
-        params = self.body_params()
-        slices = getattr(self.model, "per_slice", dict)()  # mlp400's Adam fold: one input weight for 3 slices
-        names = list(self.importance)
-        return EWCPenalty.apply(self.cfg.reg_coef, [self.importance[n] for n in names],
-                                [self.anchor[n] for n in names], [slices.get(n, 1) for n in names],
-                                *[params[n] for n in names])
+        return EWCPenalty.apply(self.cfg.reg_coef, *self.penalty_terms())
+
+    def penalty_terms(self) -> tuple:
+        """EWCPenalty's arguments after reg: Fishers, anchors, slice counts, then the parameters; listed again
+        only when the slot or the model is another object."""
+        key, made = (self.importance, self.anchor, self.model), self._terms[0]
+        if made is None or any(a is not b for a, b in zip(made, key)):
+            params = self.body_params()
+            slices = getattr(self.model, "per_slice", dict)()  # mlp400's Adam fold: one input weight for 3 slices
+            names = list(self.importance)
+            self._terms = (key, ([self.importance[n] for n in names], [self.anchor[n] for n in names],
+                                 [slices.get(n, 1) for n in names], *[params[n] for n in names]))
+        return self._terms[1]
 
     def train_step(self, x, y, idx=None, extra=None):
         out = super().train_step(x, y, idx, extra)

@@ -36,17 +36,19 @@ def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter
                  alpha: float = EWCPP_ALPHA) -> int:
     """EWC++'s online Fisher after a step, in place: F <- (1 - alpha) F + alpha g^2 for every parameter
     with a gradient; a parameter without a Fisher yet takes g^2 (the CLIB code's first update, which it
-    detects as a Fisher still all zero). Returns how many were updated. The CLIB code reads the gradients
-    after ``zero_grad()``: none are left, so its Fisher never updates."""
+    detects as a Fisher still all zero). Returns how many were updated. The step has spent the gradients:
+    they are squared where they lie (``g * g``, which is ``g.pow(2)``), with no new memory. The CLIB code
+    reads the gradients after ``zero_grad()``: none are left, so its Fisher never updates."""
     live = [(name, p.grad) for name, p in params.items() if p.grad is not None]
     if not live:
         return 0
-    g2 = torch._foreach_pow([g for _, g in live], 2)  # g.square(), tensor by tensor
+    g2 = [g for _, g in live]
+    torch._foreach_mul_(g2, g2)  # g^2 in the gradients' own memory
     fs, gs = [], []  # the Fishers that update, and their g^2
     for (name, _), g in zip(live, g2):
         f = fisher.get(name)
         if f is None or f.shape != g.shape:
-            fisher[name] = g
+            fisher[name] = g.clone()  # its own memory: a compiled step may reuse the gradients'
         else:
             fs.append(f)
             gs.append(g)
@@ -58,27 +60,30 @@ def ewcpp_update(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter
 
 class EWCPenalty(torch.autograd.Function):
     """EWC's penalty ``reg * sum_n c_n * sum(F_n * (p_n - a_n)^2)`` and its gradient ``2 reg F_n (p_n - a_n)``
-    (``c_n``: how many slices a folded weight stands for; its gradient is one slice's). The same operations as
-    autograd's graph of that expression, in its order, so the same bits; without the graph's nodes and its
-    backward's copies (autograd's square backward copies ``d`` before doubling it). Apply it as
-    ``EWCPenalty.apply(reg, fishers, anchors, counts, *params)``."""
+    (``c_n``: how many slices a folded weight stands for; its gradient is one slice's). Every element is
+    rounded as in autograd's graph of that expression, and every sum is taken in its order, so the bits are
+    the same; in fewer passes over memory. ``mse_loss(p, a)`` is ``(p - a) * (p - a)``, which is autograd's
+    ``(p - a).square()``, and ``mse_loss_backward(G, p, a)`` is ``2 (p - a) G``, the product autograd's
+    square backward forms as ``G (2 (p - a))`` (a product of two rounded factors does not depend on their
+    order). Apply it as ``EWCPenalty.apply(reg, fishers, anchors, counts, *params)``."""
 
     @staticmethod
     def forward(ctx, reg: float, fishers: list[torch.Tensor], anchors: list[torch.Tensor], counts: list[int],
                 *params: torch.Tensor) -> torch.Tensor:
-        ds = torch._foreach_sub(list(params), anchors)
         total = None
-        for f, d, c in zip(fishers, ds, counts):
-            t = (f * d.square()).sum()
+        for f, a, p, c in zip(fishers, anchors, params, counts):
+            t = F.mse_loss(p, a, reduction="none").mul_(f).sum()  # sum(F (p - a)^2); F d^2 = d^2 F
             t = t * c if c != 1 else t
             total = t if total is None else total + t
-        ctx.reg, ctx.fishers, ctx.ds = reg, fishers, ds
+        ctx.reg, ctx.fishers, ctx.anchors = reg, fishers, anchors
+        ctx.save_for_backward(*params)
         return total * reg
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # noqa: ANN205 (autograd's tuple)
         grads = torch._foreach_mul(ctx.fishers, g * ctx.reg)  # d/d(F d^2) = g reg F
-        torch._foreach_mul_(grads, torch._foreach_mul(ctx.ds, 2.0))  # ... * (2 d): square's backward
+        for G, p, a in zip(grads, ctx.saved_tensors, ctx.anchors):  # G <- (2 (p - a)) G, reduction 0 (none)
+            torch.ops.aten.mse_loss_backward.grad_input(G, p, a, 0, grad_input=G)
         return (None, None, None, None, *grads)
 
 

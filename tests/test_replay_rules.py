@@ -36,6 +36,8 @@ def test_ewcpp_online_fisher_by_hand():
     w.grad = torch.tensor([2.0, 1.0])
     assert ewcpp_update(fisher, {"w": w, "b": b}) == 1  # b has no gradient
     assert fisher["w"].tolist() == [4.0, 1.0]  # the first update: g^2
+    assert w.grad.tolist() == [4.0, 1.0]  # the spent gradient squared where it lies ...
+    assert fisher["w"].data_ptr() != w.grad.data_ptr()  # ... and the Fisher in memory of its own
     w.grad = torch.tensor([0.0, 3.0])
     ewcpp_update(fisher, {"w": w, "b": b})
     assert fisher["w"].tolist() == [0.5 * 4.0, 0.5 * 1.0 + 0.5 * 9.0]
