@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from methods.engine.optim import clip_grad_norm_unfolded, make_optimizer
+from methods.engine.optim import Adam, clip_grad_norm_unfolded, make_optimizer
 from methods.replay_rules import EWCPenalty
 from models.mlp import ScaleValue
 
@@ -44,6 +44,21 @@ def test_engine_optimizers_step_as_torch_optim_does_bit_for_bit():
         theirs, their_state = _train(name, engine=False)
         assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), name
         assert mine_state["param_groups"] == their_state["param_groups"], name
+
+
+def test_the_engine_adam_calls_the_fused_kernel_itself_only_where_torch_would():
+    """A plain fused Adam steps by torch's two calls (the bit-for-bit test above runs it); amsgrad, a tensor learning
+    rate, the foreach kernel, or a parameter without state yet take torch's step."""
+    def plan(**kw) -> bool:
+        torch.manual_seed(0)
+        m = nn.Linear(3, 2)
+        opt = Adam(m.parameters(), **{"lr": 1e-3, "fused": True, **kw})
+        m(torch.randn(4, 3)).sum().backward()
+        fresh = opt._fused_plan() is not None  # no state yet: torch's step initialises it
+        opt.step()
+        return not fresh and opt._fused_plan() is not None
+    assert plan()
+    assert not plan(amsgrad=True) and not plan(lr=torch.tensor(1e-3)) and not plan(fused=None, foreach=True)
 
 
 def test_a_run_of_the_engine_never_imports_torch_dynamo():

@@ -37,6 +37,11 @@ class _NoDynamoImport:
         return _unguarded(torch.optim.Optimizer.add_param_group)(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        if set_to_none and not torch._C._autograd._profiler_enabled():  # torch's loop, less its profiler label
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            return None
         return _unguarded(torch.optim.Optimizer.zero_grad)(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
@@ -58,7 +63,56 @@ class _NoDynamoImport:
 
 
 class Adam(_NoDynamoImport, torch.optim.Adam):
-    """``torch.optim.Adam`` that does not import ``torch._dynamo`` (see _NoDynamoImport)."""
+    """``torch.optim.Adam`` that does not import ``torch._dynamo`` (see _NoDynamoImport). A fused Adam with plain
+    settings steps by the two calls torch's step makes after its checks and regrouping (``_fused_step``): the same
+    kernels on the same lists, without about 50 us of Python per step; anything else takes torch's step."""
+
+    def step(self, closure: Callable | None = None):  # noqa: ANN201 (torch's own return)
+        plan = None if closure is not None or dynamo_loaded() else self._fused_plan()
+        if plan is None:
+            return super().step(closure)
+        with torch.no_grad():
+            for group, tensors in plan:
+                _fused_step(group, *tensors)
+        return None
+
+    def _fused_plan(self) -> list[tuple[dict, tuple[list, ...]]] | None:
+        """Each group's (params, grads, exp_avgs, exp_avg_sqs, steps) where torch's step would reach
+        ``torch._fused_adam_`` on them unchanged: fused, no amsgrad, capture, differentiation, decoupled decay,
+        gradient scaler, tensor hyper-parameters, sparse or complex tensors; every parameter with a gradient
+        already holds its state, all on one device and of one dtype (torch's regrouping then keeps the order).
+        None otherwise."""
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return None
+        plan, kinds = [], set()
+        for group in self.param_groups:
+            if not group["fused"] or group["amsgrad"] or group["capturable"] or group["differentiable"] \
+                    or group.get("decoupled_weight_decay", False) \
+                    or not all(isinstance(v, float) for v in (group["lr"], *group["betas"])):
+                return None
+            tensors: tuple[list, ...] = ([], [], [], [], [])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.get(p)
+                if not state or p.grad.is_sparse or p.is_complex():
+                    return None
+                kinds.add((p.device, p.dtype))
+                for out, t in zip(tensors, (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+                    out.append(t)
+            plan.append((group, tensors))
+        return plan if len(kinds) <= 1 else None
+
+
+def _fused_step(group: dict, params: list, grads: list, exp_avgs: list, exp_avg_sqs: list, steps: list) -> None:
+    """What ``torch.optim.adam._fused_adam`` runs for one device and dtype: the step counts, then the kernel."""
+    if not params:
+        return
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                       beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                       maximize=group["maximize"], grad_scale=None, found_inf=None)
 
 
 class SGD(_NoDynamoImport, torch.optim.SGD):
