@@ -371,7 +371,7 @@ def run_floor(method: str, args: argparse.Namespace, work: Path, ours: dict, sta
     kind = "eager step" if args.floor_eager else "compiled step (inductor)"
     step_us = us[f"{step} {kind}"] + sum(us[f"{k} ({args.memory} images)"] for k in extra)
     best = min(ours.get("walls_s", [ours["wall_s"]]))  # the fastest of our runs, with its own evaluations
-    floor = ours["steps"] * step_us / 1e6 + (ours.get("fastest_eval_s") or ours["eval_s"]) + start_s
+    floor = ours["steps"] * step_us / 1e6 + ours.get("fastest_eval_s", ours["eval_s"]) + start_s
     return {"step_us": step_us, "start_s": start_s, "floor_s": floor, "ours_s": best, "ours_over_floor": best / floor}
 
 
