@@ -27,8 +27,9 @@ from models import build_model  # noqa: E402
 from utils.data import folder as D  # noqa: E402
 from utils.data.augment import normalize  # noqa: E402
 from utils.data.batches import AUG_CHUNK  # noqa: E402
+from utils.data.decode_pool import get_pool, pool_size, shutdown_pools  # noqa: E402
 from utils.data.run_data import resolve_device  # noqa: E402
-from utils.data.streaming import StreamingImages, get_pool, pool_size, shutdown_pools  # noqa: E402
+from utils.data.streaming import StreamingImages  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

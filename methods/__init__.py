@@ -8,7 +8,8 @@ import pkgutil
 from pathlib import Path
 
 REGISTRY: dict[str, type] = {}
-_NOT_METHODS = {"base", "distill", "engine", "memory", "regularization", "replay"}  # hold no method
+_NOT_METHODS = {"base", "base_head", "base_scoring", "base_state", "distill", "engine", "memory",
+                "regularization", "replay"}  # hold no method
 
 
 def register(name: str):

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.memory import Featurizer, MemoryManager, build_manager, model_featurizer
+from methods.base_head import ModelHead
+from methods.base_scoring import MemoryScoring
+from methods.base_state import StateAsData
+from methods.memory import MemoryManager, build_manager
 from methods.engine.graph_step import GraphStep, autocast, compile_engine
-from methods.engine.online_protocol import StepCounter, grow_head
-from methods.memory.uncertainty import vote_uncertainty
-from methods.engine.optim import clip_grad_norm_unfolded, make_optimizer
-from models import build_model
+from methods.engine.online_protocol import StepCounter
+from methods.engine.optim import clip_grad_norm_unfolded
 from utils.data.augment import TrainAugment, cutmix, normalize
 from utils.data.batches import shuffled_batches
 from utils.data.run_data import RunData
@@ -33,8 +34,9 @@ from utils.run import dist
 logger = logging.getLogger("rm")
 
 
-class Method:
-    """Fine-tuning on stream + memory; subclasses override only what differs."""
+class Method(ModelHead, MemoryScoring, StateAsData):
+    """Fine-tuning on stream + memory; subclasses override only what differs. Its model, head and optimizer are
+    methods.base_head's; its memory's scorers methods.base_scoring's; its state as data methods.base_state's."""
 
     name = "base"
     default_memory = "random"
@@ -108,74 +110,6 @@ class Method:
     def default_temp_batchsize(batchsize: int, follow: str) -> int:
         """--temp_batchsize when not given: the stream samples of a step, half the batch (the CLIB code)."""
         return max(1, batchsize // 2)
-
-    # ----------------------------------------------------------------- model
-    def new_model(self, n_out: int) -> nn.Module:
-        size = self.data.train.images.shape[-1]
-        self.head = "initial"
-        return build_model(self.cfg.model_name, n_out, self.in_channels, size, self.grey_fold()).to(self.device)
-
-    def grey_fold(self) -> str | None:
-        """mlp400's fold of its identical input slices on grey images (models.mlp.MLP): the kind of the
-        optimizer the method trains with ("sgd", or "adam" without weight decay: ``optimizer_kind``) where the
-        fold is exact for the method (``fold_exact``) or --grey_fold all forces it; None otherwise."""
-        mode = getattr(self.cfg, "grey_fold", "auto")
-        if self.data.train.images.shape[1] != 1 or not (mode == "all" or (mode == "auto" and self.fold_exact())):
-            return None
-        return self.optimizer_kind(self.cfg)
-
-    @classmethod
-    def optimizer_kind(cls, cfg) -> str | None:
-        """The optimizer ``build_optimizer`` makes, as a grey fold knows it: "sgd", or None (the preset's Adam
-        and RAdam have weight decay)."""
-        return "sgd" if cfg.opt_name == "sgd" else None
-
-    def fold_exact(self) -> bool:
-        """Whether folding mlp400's input slices leaves this method's training exact (``exact_grey_fold``)."""
-        return self.exact_grey_fold
-
-    def replace_head(self, n_out: int) -> None:
-        """The public code: a freshly initialised nn.Linear with bias."""
-        self.model.fc = nn.Linear(self.model.fc.in_features, n_out).to(self.device)
-        self.head = "linear"
-
-    def build_optimizer(self) -> None:
-        """A new optimizer and scheduler over the trained parameters (reset every task)."""
-        self.optimizer, self.scheduler = make_optimizer(self.cfg.opt_name, self.cfg.lr, self.model,
-                                                        self.cfg.sched_name)
-
-    def expand_head(self, n_out: int) -> None:
-        """Outside the CVPR'21 code's settings: the head grows keeping the old classes' rows (fresh biases);
-        the initial head (linear + batch norm) becomes a plain linear one before anything trains it."""
-        fc = self.model.fc
-        if not isinstance(fc, nn.Linear):
-            self.replace_head(n_out)
-            return
-        self.model.fc = grow_head(fc, n_out)
-        self.head = "linear"
-
-    @property
-    def net(self) -> nn.Module:
-        """The model as a training step's first forward pass calls it: under torchrun, wrapped for
-        data-parallel training (batch norm over all ranks, gradients averaged in the backward pass),
-        rebuilt whenever the model, its head or the trained parameters change; alone, the model.
-        Further forward passes of the same step call ``self.model`` (their gradients are averaged too)."""
-        if not dist.info().active:
-            return self.model
-        key = (id(self.model), id(getattr(self.model, "fc", None)),
-               tuple(p.requires_grad for p in self.model.parameters()))
-        if self._net is None or self._net[0] != key:
-            dist.sync_batchnorm(self.model, self.device.type)
-            self._net = (key, dist.data_parallel(self.model, self.device))
-        return self._net[1]
-
-    @property
-    def n_out(self) -> int:
-        return self.model.fc.out_features
-
-    def head_size(self) -> int:
-        """Outputs the head needs: every class exposed so far, and at least --n_init_cls."""
-        return max(self.num_learning_class, max(self.exposed, default=-1) + 1)
 
     # ----------------------------------------------------------------- protocol
     def training_calls(self, online: bool) -> list[tuple[str, int]]:
@@ -309,31 +243,6 @@ class Method:
     def after_task(self, task_id: int) -> None:
         pass
 
-    # ----------------------------------------------------------------- scoring
-    def featurizer(self) -> Featurizer:
-        """Normalised model features of training-set indices (herding, nearest-mean); under torchrun
-        each rank computes its share and every rank gets all of them."""
-        local = model_featurizer(self.model, self.data.train.images, self.data.mean, self.data.std)
-        if not dist.info().active:
-            return local
-        return lambda idx: dist.gather_shards(local(dist.shard(idx)), len(idx))
-
-    @torch.no_grad()
-    def uncertainty(self, cand: torch.Tensor) -> torch.Tensor:
-        """Vote uncertainty of the candidates over the --uncert_metric views."""
-        self.model.eval()
-        # under torchrun every rank draws all the views (the random stream of one process) and predicts its share
-        predict = self.shared_predict_logits if dist.info().active else self.predict_logits
-        unc, k = vote_uncertainty(predict, dist.shared_decoding(self.data.train.images), cand, self.cfg.uncert_metric,
-                                  self.n_out)
-        self.count("uncertainty_views", len(cand) * k)
-        return unc
-
-    @torch.no_grad()
-    def shared_predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """predict_logits of every row of ``x``, each rank computing its share (torchrun)."""
-        return dist.gather_shards(self.predict_logits(dist.shard(x)), len(x))
-
     def count(self, key: str, n: int) -> None:
         self.samples[key] = self.samples.get(key, 0) + n
 
@@ -352,40 +261,3 @@ class Method:
 
     def predict_labels(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1)
-
-    # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        """The method's state after a task, as data: model (with its head's size and kind), optimizer,
-        scheduler, memory, exposed classes and each method's extras (``extra_state``)."""
-        return {"model": self.model.state_dict(), "head": self.head, "n_out": self.n_out,
-                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "memory": self.memory.state_dict(), "exposed": sorted(self.exposed),
-                "num_learning_class": self.num_learning_class, "samples": dict(self.samples),
-                "training": self.model.training, "extra": self.extra_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Rebuild the model to the saved head, then load every part (tensors moved to the device)."""
-        if state["head"] == "initial":
-            self.model = self.new_model(state["n_out"])
-        else:
-            self.replace_head(state["n_out"])
-        self.model.load_state_dict(state["model"])
-        self.model.train(state.get("training", True))
-        self.exposed = set(state["exposed"])
-        self.num_learning_class = state["num_learning_class"]
-        self.samples = dict(state["samples"])
-        self.memory.load_state_dict(state["memory"])
-        self.load_extra_state(state["extra"])
-        if state["optimizer"] is not None:
-            self.build_optimizer()
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-
-    def extra_state(self) -> dict:
-        """What a method keeps across tasks beyond the base state (tensors, numbers, lists, dicts)."""
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass

@@ -10,10 +10,10 @@ from torch import nn
 
 from methods import register
 from methods.base import Method
+from methods.bic_rules import per_class_take
 from methods.distill import kd_loss
 from methods.engine.evaluation import EVAL_BATCH
 from methods.engine.optim import Adam
-from methods.memory.base import rank_within_class
 
 logger = logging.getLogger("rm")
 
@@ -21,14 +21,6 @@ T_DISTILL = 2.0  # public code: T = 2, no T^2 factor
 VALID_FRACTION = 0.1  # public code: valid_size = round(0.1 * memory_size), memory gets the rest
 BIAS_BATCH = 100  # public code: bias loader batch size
 BIAS_LR = 1e-3  # public code: Adam lr of stage 2
-
-
-def per_class_take(cand: torch.Tensor, labels: torch.Tensor, per: int) -> torch.Tensor:
-    """The first ``per`` candidates of every class, in candidate order (vectorised)."""
-    if per <= 0 or len(cand) == 0:
-        return cand[:0]
-    rank = rank_within_class(labels[cand])
-    return cand[rank < per]
 
 
 def apply_bias(logits: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

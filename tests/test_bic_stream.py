@@ -11,7 +11,8 @@ from torch import nn
 
 from methods import get_method_class
 from methods.bic import bias_layer_step
-from methods.bic_stream import BiCStream, correct_logits, fit_bias_layer, held_out_plan
+from methods.bic_rules import HeldOutStream, correct_logits, fit_bias_layer, held_out_plan
+from methods.bic_stream import BiCStream
 from methods.engine.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
@@ -37,8 +38,8 @@ def test_registered_apart_from_the_blurry_bic_and_memory_split():
     assert get_method_class("bic").form("clib") is BiCStream and get_method_class("bic").form("paper") is BiCStream
     assert get_method_class("bic").form("cvpr21") is not BiCStream
     m = make(500)  # CLIB: 500 - 8 = 492; held out round(49.2) = 49, reservoir 443
-    assert (m.cfg.temp_batchsize, m.valid_size, m.memory.size, m.quota) == (8, 49, 443, 49)
-    assert (make(200).valid_size, make(200).memory.size) == (19, 173)
+    assert (m.cfg.temp_batchsize, m.held_out.valid_size, m.memory.size, m.held_out.quota) == (8, 49, 443, 49)
+    assert (make(200).held_out.valid_size, make(200).memory.size) == (19, 173)
 
 
 def test_held_out_rule_by_hand():
@@ -50,6 +51,34 @@ def test_held_out_rule_by_hand():
     y = torch.tensor([1, 0, 1, 3, 1, 3, 3])
     held = held_out_plan(y, torch.tensor([2, 1, 2, 0]), 2, 3, 6)
     assert held.int().tolist() == [1, 0, 0, 1, 0, 0, 0]
+
+
+def test_held_out_stream_decisions_by_hand():
+    """valid_size 4, temporary batch 3, online_iter 1, an evaluation every 4 samples; the stream: 6 samples of
+    class 0 then 4 of class 1 (training indices 10..19). Held out: class 0's first 4, then (quota 4 // 2) class
+    1's first 2; the batch fills with positions 4, 5, 8 at position 8, having earned 9 steps."""
+    labels = torch.tensor([9] * 10 + [0] * 6 + [1] * 4)
+    h = HeldOutStream(labels, 10, valid_size=4, temp_batchsize=3, online_iter=1.0, eval_period=4)
+    stream = torch.arange(10, 20)
+    h.plan(stream, 0)
+    assert (h.held_pos, h.used_pos, h.eval_pos) == ([0, 1, 2, 3, 6, 7], [4, 5, 8, 9], [3, 7])
+    assert h.chunk_ends(10, 3) == [9, 10]
+    h.next_eval()  # the evaluation after position 3: the decisions up to it
+    assert (h.valid.tolist(), h.pending.tolist(), h.num_updates, h.take_ready()) == ([10, 11, 12, 13], [], 4.0, None)
+    h.take_chunk(9)
+    batch, steps = h.take_ready()
+    assert (batch.tolist(), steps, h.pending.tolist(), h.num_updates) == ([14, 15, 18], 9, [], 0.0)
+    assert h.valid.tolist() == [10, 11, 12, 13, 16, 17] and not h.full(2)
+    h.end_stream()
+    assert (h.pending.tolist(), h.num_updates, h.in_stream) == ([19], 1.0, False)
+    h.cut(2)  # two classes: 2 each, class 0's 2 at random
+    kept = h.valid.tolist()
+    assert h.quota == 2 and sorted(kept)[2:] == [16, 17] and set(sorted(kept)[:2]) < {10, 11, 12, 13} and h.full(2)
+    h.stream_seen += 10
+    h2 = HeldOutStream(labels, 10, 4, 3, 1.0, 4)
+    h2.load_state_dict(h.state_dict())
+    assert (h2.valid.tolist(), h2.pending.tolist(), h2.quota, h2.num_updates, h2.stream_seen) == \
+        (kept, [19], 2, 1.0, 10)
 
 
 def run_two_tasks(m: BiCStream):
@@ -69,7 +98,8 @@ def run_two_tasks(m: BiCStream):
 
     def rec_eval():
         before_eval()
-        evals.append((len(m.valid), int((m.data.train_labels[m.valid] == 2).sum()), m.layer_trained))
+        valid = m.held_out.valid
+        evals.append((len(valid), int((m.data.train_labels[valid] == 2).sum()), m.layer_trained))
 
     def rec_task(t, stream, test, shown=None):
         before_task(t, stream, test, shown)
@@ -87,11 +117,11 @@ def test_temporary_batch_counter_held_out_and_bias_layer_through_two_tasks():
     planned = [p for p, kind, _ in trainer.stream_events(s0) if kind == "eval"]  # the trainer's positions
     trainer.run_task(0)
     assert ends == [[57, 80]]  # the batch fills at position 56 (chunk_ends, planned at the task's start)
-    assert m.eval_pos == planned == [49]
+    assert m.held_out.eval_pos == planned == [49]
     assert steps == [idx(0, range(49, 57))] * 57  # the memory is empty during the first batch's steps
     assert sorted(m.memory.indices.tolist()) == idx(0, range(49, 57))
-    assert m.pending.tolist() == idx(0, range(57, 60)) and m.num_updates == 23.0
-    valid = m.valid.tolist()
+    assert m.held_out.pending.tolist() == idx(0, range(57, 60)) and m.held_out.num_updates == 23.0
+    valid = m.held_out.valid.tolist()
     assert len(valid) == 44 and set(idx(1, range(20))) < set(valid) and set(valid) - set(idx(1, range(20))) \
         < set(idx(0, range(49)))
     assert evals == [(49, 0, False), (44, 0, False)]  # task 0: never a bias layer
@@ -104,18 +134,18 @@ def test_temporary_batch_counter_held_out_and_bias_layer_through_two_tasks():
     planned = [p for p, kind, _ in trainer.stream_events(s1) if kind == "eval"]
     trainer.run_task(1)
     assert ends[1] == [9, 33, 41, 46]
-    assert m.eval_pos == planned == [19]  # 80 samples seen before: the evaluation at 100
+    assert m.held_out.eval_pos == planned == [19]  # 80 samples seen before: the evaluation at 100
     first = idx(0, range(57, 60)) + idx(1, range(24, 29))
     second = idx(1, range(29, 36)) + idx(2, [16])
     third = idx(2, range(17, 25))
     assert [s[:8] for s in steps] == [first] * 32 + [second] * 24 + [third] * 8
     assert all(len(s) == 16 for s in steps)  # 8 memory samples join each step
-    held = set(m.valid.tolist()) | set(valid)
+    held = set(m.held_out.valid.tolist()) | set(valid)
     assert not held & {i for s in steps for i in s} and not held & set(m.memory.indices.tolist())
-    assert m.pending.tolist() == idx(2, range(25, 30)) and m.num_updates == 5.0
-    labels = m.data.train_labels[m.valid]
+    assert m.held_out.pending.tolist() == idx(2, range(25, 30)) and m.held_out.num_updates == 5.0
+    labels = m.data.train_labels[m.held_out.valid]
     assert torch.bincount(labels, minlength=3).tolist() == [16, 16, 16] and m.valid_full()
-    assert sorted(m.valid[labels == 2].tolist()) == idx(2, range(16))
+    assert sorted(m.held_out.valid[labels == 2].tolist()) == idx(2, range(16))
     # at sample 19 class 2 holds 4 of its 16: not full, no layer; at the task's end: full, trained
     assert evals[2:] == [(36, 4, False), (48, 16, True)]
     assert m.new_labels == [2] and m.teacher is not teacher0 and m.teacher.fc.out_features == 3
@@ -131,9 +161,11 @@ def test_temporary_batch_counter_held_out_and_bias_layer_through_two_tasks():
     # the state after the task rebuilds the same method
     m2 = make(500)
     m2.load_state_dict(m.state_dict())
-    for k in ("valid", "pending", "layer"):
-        assert torch.equal(getattr(m2, k), getattr(m, k)), k
-    assert (m2.quota, m2.num_updates, m2.new_labels, m2.stream_seen) == (16, 5.0, [2], 126)
+    for k in ("valid", "pending"):
+        assert torch.equal(getattr(m2.held_out, k), getattr(m.held_out, k)), k
+    assert torch.equal(m2.layer, m.layer)
+    h2 = m2.held_out
+    assert (h2.quota, h2.num_updates, m2.new_labels, h2.stream_seen) == (16, 5.0, [2], 126)
     assert m2.model.training == m.model.training and m2.teacher.training == m.teacher.training
     assert torch.equal(m2.teacher(x.float()), m.teacher(x.float()))
 

@@ -15,9 +15,10 @@ import torch
 from tqdm import tqdm
 
 from utils.data.decode import IMAGE_EXTS, ConversionLog, DataError, probe, read_image, size_mismatch_error, target_size
+from utils.data.decode_pool import decode_into, pool_size, scan_split
 from utils.data.device_decode import check_decode_device
 from utils.data.stats import mean_std, pixel_sums
-from utils.data.streaming import StreamingImages, decode_into, pool_size, scan_split
+from utils.data.streaming import StreamingImages
 
 logger = logging.getLogger(__name__)
 
