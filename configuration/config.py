@@ -190,10 +190,11 @@ def base_parser(modes: list[str]) -> argparse.ArgumentParser:
            "(libjpeg, the in-memory path's pixels to the byte), 'cuda' on the GPU in batches (nvjpeg: faster, "
            "pixels may differ from libjpeg's by a few levels), 'auto' the GPU when the run is on CUDA")
     a("--compile", default="auto", choices=COMPILE_CHOICES,
-      help="the training step (forward, loss, backward) of rm, finetune, gdumb and joint as compiled graphs at "
-           "full batches: 'graphs' replays them as CUDA graphs (CUDA only), 'inductor' compiles kernels "
-           "(CUDA graphs of them on a GPU), 'auto' is graphs on CUDA and eager on the CPU, 'off' eager; the "
-           "numbers agree with the eager step's within float rounding (docs/gpu.md)")
+      help="the training step (forward, loss, backward) of rm, finetune, gdumb, joint and er as compiled graphs "
+           "at full batches: 'graphs' replays them as CUDA graphs (CUDA only), 'inductor' compiles kernels "
+           "(CUDA graphs of them on a GPU), 'auto' is graphs on CUDA and eager on the CPU (er: eager, its head "
+           "grows per class, each growth a rebuild), 'off' eager; the numbers agree with the eager step's within "
+           "float rounding (docs/gpu.md)")
     a("--amp", default="off", choices=AMP_CHOICES,
       help="'bf16': training steps and evaluation under bfloat16 autocast (faster on a GPU; the numbers are no "
            "longer comparable with the public code's fp32); 'off': fp32")

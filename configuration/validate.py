@@ -150,7 +150,7 @@ def check_device_flags(cfg: argparse.Namespace, cuda: bool, own_step: bool) -> l
     notes = []
     if cfg.compile in ("graphs", "inductor") and own_step:
         notes.append(f"--compile {cfg.compile}: --mode {cfg.mode} trains with its own step, which runs eagerly "
-                     "(the compiled step is the base step of rm, finetune, gdumb and joint)")
+                     "(the compiled step is the base step of rm, finetune, gdumb, joint and er)")
     return notes
 
 

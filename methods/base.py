@@ -3,8 +3,8 @@
 The trainer (methods.engine) owns every loop and both protocols; a method answers events, never knowing
 which protocol sends them. Per task: ``before_task`` (with the classes the task shows at its start) ->
 ``expose`` for each class that appears later (sample-wise) -> the stream: per chunk of new samples
-``remember`` (first when ``remember_first``), ``steps_due`` steps of ``replay_batch`` -> ``train_step``,
-``remember`` -> ``after_stream`` -> for each training call of ``training_calls``: ``before_fit``, epochs of
+``remember`` (first when ``remember_first``), ``steps_due`` steps of ``replay_batch`` -> ``train_step`` (the
+base step calls ``after_step`` after its optimizer step), ``remember`` -> ``after_stream`` -> for each training call of ``training_calls``: ``before_fit``, epochs of
 ``epoch_batches`` / ``chunk_extras`` / ``train_step``, ``after_fit`` -> ``after_training`` ->
 ``update_memory`` (before the first call on the memory, else after training) -> ``after_task``. Evaluation
 asks ``before_eval``, ``eval_scores`` and ``predict_labels``. ``cfg.follow`` names whose rules a method
@@ -48,6 +48,7 @@ class Method(ModelHead, MemoryScoring, StateAsData):
     eval_every_epoch = True  # False: evaluated once per task, after the memory update (iCaRL)
     task_acc_is_final = False  # True: a task's accuracy is its final model's, not the best epoch's (BiC)
     grad_clip: float | None = None  # a gradient-norm limit for train_step (the CLIB code's rm on its memory)
+    graph_auto = True  # False: --compile auto leaves the step eager (ER: every new class grows the head, a rebuild)
     after_fit_timer: str | None = None  # the phase timer of after_fit's work (EWC/RWalk: "importance")
 
     def __init__(self, cfg, data: RunData, device: torch.device, writer=None) -> None:
@@ -74,7 +75,7 @@ class Method(ModelHead, MemoryScoring, StateAsData):
         self._net: tuple[tuple, nn.Module] | None = None  # (what it was built for, the data-parallel model)
         self.amp = getattr(cfg, "amp", "off")
         choice = getattr(cfg, "compile", "off")
-        engine = compile_engine(choice, device)
+        engine = compile_engine(choice, device) if choice != "auto" or self.graph_auto else None
         self.graph = GraphStep(engine, self.graph_sizes(), device, self.amp, strict=choice != "auto") \
             if engine is not None and self.graph_step_ok() and not dist.info().active else None
 
@@ -212,7 +213,11 @@ class Method(ModelHead, MemoryScoring, StateAsData):
         if self.grad_clip is not None:
             clip_grad_norm_unfolded(self.model, self.grad_clip)
         self.optimizer.step()
+        self.after_step()
         return loss, logits, y
+
+    def after_step(self) -> None:
+        """After each optimizer step of ``train_step`` (ER: the CLIB code's per-step lr decay)."""
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods import register
-from methods.base import Method
 from methods.clib_rules import (LR_FACTOR, loss_change, lr_decision, newcomer_importance, replacement_slot,
                                 update_importance)
 from methods.er import ER
@@ -149,11 +148,14 @@ class CLIB(ER):
         self.steps_left = 0 if single else due
         return self.steps_left
 
+    def after_step(self) -> None:
+        """No per-step lr decay (the CLIB code's clib)."""
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
                    extra: dict[str, torch.Tensor] | None = None):
         """The step (no per-step lr decay), the importance pass, and after the sample's last step the
         adaptive lr."""
-        out = Method.train_step(self, x, y, idx, extra)
+        out = super().train_step(x, y, idx, extra)
         self.importance_pass()
         self.steps_left -= 1
         if self.steps_left == 0:

@@ -38,6 +38,7 @@ class ER(Method):
 
     default_memory = "reservoir"
     replays = True
+    graph_auto = False  # the base step, compiled with --compile graphs/inductor; auto keeps it eager
 
     def __init__(self, cfg, data, device, writer=None) -> None:
         super().__init__(cfg, data, device, writer)
@@ -85,11 +86,8 @@ class ER(Method):
         grow_exposed(self, labels)
         self.build_optimizer()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
-                   extra: dict[str, torch.Tensor] | None = None):
-        out = super().train_step(x, y, idx, extra)
+    def after_step(self) -> None:
         self.decay_lr()
-        return out
 
     def remember(self, temp: torch.Tensor, task_id: int) -> None:
         """The chunk's samples enter the reservoir."""

@@ -9,7 +9,8 @@
 # One session has 15 device minutes (start-up included) and 10 per call: GROUP=issue15_train (about 6 min: compiled
 # steps against eager, bench_cifar eager/graphs/bf16/channels_last, CIFAR-10 protocol eager and graphs, MNIST RM with
 # graphs) and GROUP=issue15_data (about 5 min: GPU JPEG decoding against 8 and 16 processes, 4 MNIST runs packed
-# against one at a time, the ImageNet-shaped protocol with GPU decoding) pick the compiled-step issue's checks.
+# against one at a time, the ImageNet-shaped protocol with GPU decoding) pick the compiled-step issue's checks;
+# GROUP=issue26 (about 6 min) runs er's sample-wise stream on the CIFAR-10 stand-in eager and with graphs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -23,8 +24,9 @@ case "${GROUP:-}" in
   issue15_train) ONLY="graph_tests bench_cifar_graphs bench_cifar_bf16 bench_cifar_cl protocol_c10_eager
                        protocol_c10_graphs prepare_mnist mnist_rm_graphs" ;;
   issue15_data) ONLY="bench_stream_decoders prepare_mnist pack_mnist_1 pack_mnist_4 protocol_in_gpu_decode" ;;
+  issue26) ONLY="iblurry_c10_er_off iblurry_c10_er_graphs" ;;
   "") ;;
-  *) echo "unknown GROUP '$GROUP' (issue15_train, issue15_data)"; exit 2 ;;
+  *) echo "unknown GROUP '$GROUP' (issue15_train, issue15_data, issue26)"; exit 2 ;;
 esac
 
 step() {  # step NAME SECONDS CMD...: run with a time limit, log, report its status and wall time
@@ -109,6 +111,13 @@ step protocol_in_gpu_decode 240 $PY benchmarks/bench_protocol.py --device $DEV -
   --extra="--decode_device $([ "$DEV" = cuda ] && echo cuda || echo cpu) --data_budget_gb 0"
 for p in quick c10 in c10_eager c10_graphs in_dec; do
   cp "$WORK/protocol_$p/bench_protocol.json" "$LOGS/protocol_$p.json" 2>/dev/null || true
+done
+# issue 26: the sample-wise protocol on a GPU, er (i-Blurry-50-10, online_iter 0.1: 5,000 steps) with resnet18 on
+# the CIFAR-10 stand-in, eager against its forward + backward as CUDA graphs (one build per new class)
+for c in off graphs; do
+  step "iblurry_c10_er_$c" 240 $PY benchmarks/bench_protocol.py --device $DEV --fashion "$FASH" \
+    --out "$WORK/iblurry_c10_$c" --only cifar10 --compile $c \
+    --extra="--mode er --exp_name iblurry50_10 --n_tasks 5 --online_iter 0.1 --eval_period 5000 --transforms cutmix"
 done
 step test_suite 240 env OMP_NUM_THREADS=2 $PY -m pytest -q -p no:cacheprovider -rf -n 8 tests
 rm -rf "$WORK"

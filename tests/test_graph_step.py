@@ -14,6 +14,7 @@ from torch import nn
 
 from main import main
 from methods.engine.graph_step import GraphStep, compile_engine
+from methods.engine.trainer import Settings, Trainer
 from tests.synthetic import synthetic_method
 
 # after 12 SGD steps with cutmix (mlp400, batch 16), compiled (inductor's C++ kernels, which reorder the float
@@ -259,3 +260,44 @@ def test_cuda_50_captured_steps_match_50_eager_steps(engine):
     print(f"{engine}: {1e3 * tg:.2f} ms/step vs eager {1e3 * te:.2f} ms/step ({te / tg:.2f}x); over 50 steps, each "
           f"from the same state: worst loss difference {loss:.1e} (relative), worst weight difference {w:.1e}")
     assert loss < 1e-3 and w < 1e-4, (loss, w)
+
+
+def er_run(engine: str | None, compile_flag: str = "off", train: bool = True):
+    """er on a synthetic i-Blurry stream (4 classes appearing one after another, 40 samples each), sample-wise,
+    batch 16 (temporary batch 8), cutmix: eager, or its steps through ``engine`` (``train`` False: untrained)."""
+    torch.manual_seed(0)
+    m = synthetic_method(["--mode", "er", "--dataset", "mnist", "--exp_name", "iblurry50_10", "--transforms",
+                          "cutmix", "--compile", compile_flag, "--eval_period", "0"], n_cls=4, per_cls=40)
+    if engine is not None:
+        m.graph = GraphStep(engine, m.graph_sizes(), torch.device("cpu"))
+    stream = torch.cat([torch.arange(c, 160, 4) for c in range(4)])  # class by class: the head grows 4 times
+    np.random.seed(0)
+    torch.manual_seed(1)
+    if train:
+        Trainer(m, m.data, [(stream, torch.arange(160))], Settings.from_config(m.cfg)).run_task(0)
+    return m
+
+
+def test_er_runs_its_whole_batches_through_the_graph_only_when_asked(one_thread, monkeypatch):
+    """er's step is the base step (its lr decay the after_step hook): through the graph (aot_eager: dynamo and AOT
+    autograd, eager kernels) the sample-wise run's whole batches take the graph, rebuilt at each head growth, and
+    the run ends with the eager run's lr and, within 2% of how far the run moved them, its weights (Adam moves a
+    weight whose gradient is near 0 by about lr whatever its sign: 160 steps amplify rounding; the 12-step check
+    above bounds one step's); --compile auto leaves er eager where it compiles rm's step."""
+    eager, graph = er_run(None), er_run("aot_eager")
+    g = graph.graph
+    # 160 samples, online_iter 1: 160 steps, 8 per temporary batch of 8; the first batch's 8 are partial (no memory
+    # yet: 8 samples), the rest 16
+    assert (g.steps, g.builds) == (152, 4), g.report()
+    def furthest(a: nn.Module, b: nn.Module) -> float:
+        return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())
+                   if p.shape == q.shape)
+
+    worst, moved = furthest(eager.model, graph.model), furthest(eager.model, er_run(None, train=False).model)
+    print(f"er through aot_eager vs eager after 160 steps: weights {worst:.2e} apart, moved {moved:.2e}")
+    assert worst <= 0.02 * moved and moved > 1e-2, (worst, moved)
+    assert graph.optimizer.param_groups[0]["lr"] == eager.optimizer.param_groups[0]["lr"] < graph.cfg.lr
+    monkeypatch.setattr("methods.base.compile_engine", lambda choice, device: "aot_eager")  # auto as on CUDA
+    made = {(mode, flag): synthetic_method(["--mode", mode, "--dataset", "mnist", "--compile", flag], 2, 4).graph
+            for mode in ("er", "rm") for flag in ("auto", "inductor")}
+    assert made[("er", "auto")] is None and None not in (made[("er", "inductor")], made[("rm", "auto")])

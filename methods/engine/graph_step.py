@@ -22,7 +22,8 @@ one graph per whole-batch size (``sizes``: --batchsize, and RM's half batches of
 them changes (the head grows at a new task, gdumb rebuilds its model, a layer is frozen) the function is dropped
 (``torch._dynamo.reset``) and built again at the next step: never a stale graph. A batch of another size (the last
 partial batch of an epoch) runs eagerly. Under torchrun, and for methods with their own step (ewc, bic,
-icarl, the i-Blurry methods...), the step is eager.
+icarl, the i-Blurry methods but er...), the step is eager; er's graphs are built only when --compile asks for them
+(``Method.graph_auto``: its head grows at every new class, each growth a rebuild).
 
 A step's outputs must be read before the next step: a CUDA graph's outputs live in memory its next replay
 overwrites (the trainer reads the loss and the logits at once)."""
