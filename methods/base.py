@@ -4,12 +4,13 @@ The trainer (methods.engine) owns every loop and both protocols; a method answer
 which protocol sends them. Per task: ``before_task`` (with the classes the task shows at its start) ->
 ``expose`` for each class that appears later (sample-wise) -> the stream: per chunk of new samples
 ``remember`` (first when ``remember_first``), ``steps_due`` steps of ``replay_batch`` -> ``train_step`` (the
-base step calls ``after_step`` after its optimizer step), ``remember`` -> ``after_stream`` -> for each training call of ``training_calls``: ``before_fit``, epochs of
-``epoch_batches`` / ``chunk_extras`` / ``train_step``, ``after_fit`` -> ``after_training`` ->
-``update_memory`` (before the first call on the memory, else after training) -> ``after_task``. Evaluation
-asks ``before_eval``, ``eval_scores`` and ``predict_labels``. ``cfg.follow`` names whose rules a method
-keeps where they differ: "cvpr21" (the CVPR'21 code, blurry/disjoint), "clib" (the CLIB code, i-Blurry) or
-"paper" (--as_intended, and settings no public code runs)."""
+base step calls ``after_step`` after its optimizer step), ``remember`` -> ``after_stream`` -> for each
+training call of ``training_calls``: ``before_fit``, epochs of ``epoch_batches`` / ``chunk_extras`` /
+``train_step``, ``after_fit`` -> ``after_training`` -> ``update_memory`` (before the first call on the memory,
+else after training) -> ``after_task``. Evaluation asks ``before_eval``, ``eval_scores`` and
+``predict_labels``. ``cfg.follow`` names whose rules a method keeps where they differ: "cvpr21" (the CVPR'21
+code, blurry/disjoint), "clib" (the CLIB code, i-Blurry) or "paper" (--as_intended, and settings no public
+code runs)."""
 from __future__ import annotations
 
 import logging
