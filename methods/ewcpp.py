@@ -50,11 +50,12 @@ class EWCpp(ER):
                                  [slices.get(n, 1) for n in names], *[params[n] for n in names]))
         return self._terms[1]
 
-    def train_step(self, x, y, idx=None, extra=None):
-        out = super().train_step(x, y, idx, extra)
-        if self.follow != "clib":  # the gradients of this step, still there after optimizer.step()
+    def after_step(self) -> None:
+        """ER's lr decay, then the online Fisher update from this step's gradients, still there after the
+        optimizer's step (the CLIB code's F stays zero: none)."""
+        super().after_step()
+        if self.follow != "clib":
             ewcpp_update(self.fisher, self.body_params())
-        return out
 
     def after_task(self, task_id: int) -> None:
         """theta* and F of this task end fill the one slot (online EWC)."""
