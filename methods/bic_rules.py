@@ -8,7 +8,7 @@ from bisect import bisect_left
 import numpy as np
 import torch
 
-from methods.engine.online_protocol import first_positions
+from methods.engine.online_protocol import anytime_marks, first_positions
 from methods.memory.base import rank_within_class
 
 BIAS_EPOCHS = 256  # CLIB: online_bias_correction(n_iter=256), every epoch over the same held-out batches
@@ -121,8 +121,7 @@ class HeldOutStream:
         self.held_idx, self.used_idx = stream[held_d], stream[~held_d]
         self.first_pos = first_positions(y, self.n_classes).tolist()
         period, seen, n = self.eval_period, self.stream_seen, len(y)
-        self.eval_pos = [q - seen - 1 for q in range((seen // period + 1) * period, seen + n + 1, period)] \
-            if period > 0 else []
+        self.eval_pos = [q - seen - 1 for q in anytime_marks(seen, n, period)]
         self.length, self.cursor, self.chunk_end, self.eval_k = n, 0, 0, 0
         self.in_stream = in_stream
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from methods.engine.online_protocol import StepCounter, exposure_ranks, grow_head
+from methods.engine.online_protocol import StepCounter, anytime_marks, exposure_ranks, grow_head
 from utils.report.metrics import a_auc, f_last_per_class
 
 
@@ -14,6 +14,13 @@ def test_labels_are_ranks_in_the_order_of_appearance():
     ranks = exposure_ranks(stream, 10)
     assert ranks[[7, 2, 9, 0]].tolist() == [0, 1, 2, 3]
     assert ranks[[1, 3, 4, 5, 6, 8]].tolist() == [-1] * 6  # never seen
+
+
+def test_anytime_marks_by_hand():
+    """Every multiple of the period in (seen, seen + n]: none at 0 itself, the last sample's own mark included."""
+    assert anytime_marks(0, 10, 4) == [4, 8] and anytime_marks(0, 8, 4) == [4, 8]
+    assert anytime_marks(80, 46, 100) == [100] and anytime_marks(100, 99, 100) == []
+    assert anytime_marks(5, 3, 0) == []
 
 
 def test_head_growth_keeps_old_rows_and_reinitialises_every_bias():

@@ -1,5 +1,6 @@
 """Pieces of the sample-wise online protocol of i-Blurry (CLIB; SPEC section 12) and Si-Blurry (SPEC section 13):
-labels by order of appearance, the head grown per new class, and the steps a chunk earns with ``online_iter``."""
+labels by order of appearance, the anytime evaluations' places, the head grown per new class, and the steps a chunk
+earns with ``online_iter``."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,13 @@ def first_positions(stream_labels: torch.Tensor, n_classes: int) -> torch.Tensor
     n = len(stream_labels)
     first = torch.full((n_classes,), n, dtype=torch.long, device=stream_labels.device)
     return first.scatter_reduce_(0, stream_labels, torch.arange(n, device=stream_labels.device), reduce="amin")
+
+
+def anytime_marks(seen: int, n: int, period: int) -> list[int]:
+    """The anytime evaluations' sample counts among the next ``n`` stream samples after ``seen``: every multiple of
+    ``period`` in (seen, seen + n] (none when ``period`` <= 0). The one after sample p of those ``n`` is at
+    seen + p + 1."""
+    return list(range((seen // period + 1) * period, seen + n + 1, period)) if period > 0 else []
 
 
 def exposure_ranks(stream_labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from methods.engine.common import DivergedError
-from methods.engine.online_protocol import first_positions
+from methods.engine.online_protocol import anytime_marks, first_positions
 
 
 class OneStepPerChunk:
@@ -106,9 +106,9 @@ class SampleWiseLoop:
     def eval_events(self, n: int) -> list[tuple[int, str, int]]:
         """(position, "eval", samples seen) every --eval_period stream samples among the next ``n``."""
         period, seen = self.settings.eval_period, self.stream_seen
-        if period <= 0 or self.method.single_task:  # joint: one offline task, no anytime curve
+        if self.method.single_task:  # joint: one offline task, no anytime curve
             return []
-        return [(q - seen - 1, "eval", q) for q in range((seen // period + 1) * period, seen + n + 1, period)]
+        return [(q - seen - 1, "eval", q) for q in anytime_marks(seen, n, period)]
 
     def batch_evals(self, end: int) -> None:
         """Si-Blurry's rule, after each stream batch (``end``: this task's samples so far): one anytime point
